@@ -1,0 +1,196 @@
+"""Raw frame handling: dark subtraction, flat normalisation, bad pixels, frame QC.
+
+How the Bayer mosaic is used for each LED
+-----------------------------------------
+A monochromatic LED lights every pixel, but each colour-filter channel passes
+a different fraction of it. After dark subtraction every pixel is divided by
+the same pixel of that LED's flat frame (an empty-chamber exposure), which
+divides out the channel response, the photo-response non-uniformity and the
+illumination profile at once, leaving the hologram intensity relative to the
+empty chamber on every pixel. A channel whose response to the LED (measured
+from the flat, or from the frame when no flat exists) is below
+``min_channel_response`` of the strongest channel is too noisy to use: its
+pixels are filled from the usable neighbours by normalised convolution. With
+the default threshold of 0.12 and typical filters, the green LED uses G and B
+pixels, the blue LED B and G, and the red LED R only (1 pixel in 4; pixel
+super-resolution recovers the rest). Hot pixels (from the dark frame) and
+clipped pixels are filled the same way.
+
+Without a flat, each channel is normalised by its own heavily low-passed
+image (Bayer equalisation), which removes channel gains and the illumination
+profile but not pixel-to-pixel non-uniformity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from holography.capture import SensorInfo
+from holography.errors import CaptureError
+from holography.sensors import bayer_channel_map
+
+#: a frame with more clipped pixels than this fraction is flagged SATURATED
+SATURATED_LIMIT = 0.005
+#: a frame whose median signal (strongest channel, above dark) is below this
+#: fraction of the sensor's range is flagged DARK_FRAME (a failed LED)
+DARK_SIGNAL_LIMIT = 0.02
+#: robust z-score above which a dark-frame pixel is hot
+HOT_PIXEL_SIGMA = 8.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FrameQC:
+    """Quality figures of one raw frame.
+
+    Attributes
+    ----------
+    saturated_fraction : float
+        Fraction of pixels at the top code.
+    signal_fraction : float
+        Median signal of the strongest channel above dark, as a fraction of the range.
+    dark_fraction : float
+        Fraction of pixels whose signal is below :data:`DARK_SIGNAL_LIMIT` of the range.
+    hot_pixels : int
+        Pixels masked as hot.
+    channels_used : tuple of str
+        Colour channels used directly (the others are filled from neighbours).
+    """
+
+    saturated_fraction: float
+    signal_fraction: float
+    dark_fraction: float
+    hot_pixels: int
+    channels_used: tuple[str, ...]
+
+    @property
+    def saturated(self) -> bool:
+        """More than :data:`SATURATED_LIMIT` of the pixels clipped."""
+        return self.saturated_fraction > SATURATED_LIMIT
+
+    @property
+    def dark(self) -> bool:
+        """The LED gave (almost) no light."""
+        return self.signal_fraction < DARK_SIGNAL_LIMIT
+
+
+def hot_pixel_mask(dark: np.ndarray, *, sigma: float = HOT_PIXEL_SIGMA) -> np.ndarray:
+    """Hot pixels of a dark frame: robust z-score above ``sigma``.
+
+    Parameters
+    ----------
+    dark : (H, W) uint16
+        Dark frame (black level included).
+
+    Returns
+    -------
+    (H, W) bool
+    """
+    d = dark.astype(np.float32)
+    med = float(np.median(d))
+    mad = float(np.median(np.abs(d - med))) * 1.4826
+    return d > med + sigma * max(mad, 1.0)
+
+
+def _channel_medians(img: np.ndarray, chan: np.ndarray) -> np.ndarray:
+    out = np.zeros(3, np.float64)
+    for c in range(3):
+        sel = img[chan == c]
+        out[c] = float(np.median(sel)) if sel.size else 0.0
+    return out
+
+
+def _fill(values: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """Replace pixels where ``good`` is False by a weighted mean of good neighbours."""
+    kernel = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], np.float32)
+    w = good.astype(np.float32)
+    out = values.copy()
+    todo = ~good
+    for _ in range(4):
+        if not todo.any():
+            break
+        num = cv2.filter2D(out * w, -1, kernel, borderType=cv2.BORDER_REFLECT)
+        den = cv2.filter2D(w, -1, kernel, borderType=cv2.BORDER_REFLECT)
+        ok = todo & (den > 0)
+        out[ok] = num[ok] / den[ok]
+        w[ok] = 1.0
+        todo &= ~ok
+    out[todo] = 1.0
+    return out
+
+
+def normalise_frame(raw: np.ndarray, *, sensor: SensorInfo, dark: np.ndarray | None = None,
+                    flat: np.ndarray | None = None, hot: np.ndarray | None = None,
+                    min_channel_response: float = 0.12) -> tuple[np.ndarray, FrameQC]:
+    """Turn one raw frame into hologram intensity relative to the empty chamber.
+
+    Parameters
+    ----------
+    raw : (H, W) uint16
+        Raw mosaic, black level included.
+    sensor : SensorInfo
+        Sensor block of the capture (Bayer order, bit depth, black level).
+    dark : (H, W) uint16, optional
+        Dark frame; the black level is subtracted when absent.
+    flat : (H, W) uint16, optional
+        Empty-chamber frame of the same LED.
+    hot : (H, W) bool, optional
+        Hot-pixel mask (see :func:`hot_pixel_mask`).
+    min_channel_response : float
+        Channels below this fraction of the strongest are filled from neighbours.
+
+    Returns
+    -------
+    intensity : (H, W) float32
+        Relative intensity, median 1 over the frame.
+    qc : FrameQC
+
+    Raises
+    ------
+    CaptureError
+        If the flat frame has no light in it.
+    """
+    shape = raw.shape
+    chan = bayer_channel_map(sensor.bayer, shape)
+    rng = float(sensor.max_code - sensor.black_level)
+    offset = dark.astype(np.float32) if dark is not None else np.float32(sensor.black_level)
+    clipped = raw >= sensor.max_code
+    sig = raw.astype(np.float32) - offset
+    med = _channel_medians(sig, chan)
+    signal_fraction = float(med.max()) / rng
+    dark_fraction = float(np.mean(sig < DARK_SIGNAL_LIMIT * rng))
+    if flat is not None:
+        fsig = flat.astype(np.float32) - offset
+        resp = _channel_medians(fsig, chan)
+        if resp.max() <= DARK_SIGNAL_LIMIT * rng:
+            raise CaptureError("flat frame has no light in it; record the flat frames again "
+                               "(calibration: dark and flat)")
+    else:
+        resp = med
+    present = [c for c in range(3) if np.any(chan == c)]
+    strongest = max(resp[c] for c in present)
+    use = [c for c in present if strongest > 0 and resp[c] >= min_channel_response * strongest]
+    good = np.isin(chan, use) & ~clipped
+    if hot is not None:
+        good &= ~hot
+    if flat is not None:
+        floor = np.float32(max(DARK_SIGNAL_LIMIT * rng * 0.25, 1.0))
+        inten = sig / np.maximum(fsig, floor)
+        good &= fsig > floor
+    else:
+        inten = np.empty_like(sig)
+        for c in present:
+            sel = chan == c
+            plane = np.where(sel, sig, 0).astype(np.float32)
+            wsum = cv2.GaussianBlur(sel.astype(np.float32), (0, 0), 40)
+            smooth = cv2.GaussianBlur(plane, (0, 0), 40) / np.maximum(wsum, 1e-6)
+            inten[sel] = sig[sel] / np.maximum(smooth[sel], 1.0)
+    if good.any():
+        inten /= np.float32(np.median(inten[good]))
+    inten = _fill(inten.astype(np.float32), good)
+    qc = FrameQC(saturated_fraction=float(clipped.mean()), signal_fraction=signal_fraction,
+                 dark_fraction=dark_fraction, hot_pixels=int(hot.sum()) if hot is not None else 0,
+                 channels_used=tuple("RGB"[c] for c in use))
+    return inten, qc
