@@ -1,0 +1,369 @@
+"""From a capture folder to focused complex fields of the sample plane.
+
+Steps (see DESIGN.md's data path):
+
+1. Raw frames -> relative intensity (:mod:`holography.raw`), QC of every frame.
+2. Per LED, the frame of the central die is taken (pixel super-resolution of
+   all dies is a later stage) and its amplitude ``sqrt(I)`` split into
+   overlapping tiles (``tile_px`` core + ``margin_px`` each side, edges padded
+   by reflection and tapered towards the background), so that a full-sensor
+   capture never needs more than a few tiles' worth of FFT memory.
+3. Autofocus (:mod:`holography.focus`) on the focus LED: a coarse search over
+   ``nominal +- search_um`` on the few tiles with most hologram energy gives a
+   global distance; every tile is then refined around it; a plane (distance at
+   the frame centre and tilt) is fitted robustly over the tiles.
+4. Each LED is refocused per tile at the plane's distance at that tile
+   (with its own small offset, refined on a few tiles: the distance is
+   wavelength dependent in practice) and the tile cores are stitched.
+
+Geometry: every propagation is done on the sensor grid (pitch ``p``) over the
+sensor-equivalent distance ``D = z2 (z1 + z2) / z1``, which by the Fresnel
+scaling theorem is the point-source hologram's plane-wave equivalent; the
+result, read with pitch ``p / M`` (``M = (z1 + z2) / z1``), is the sample plane.
+All distances reported are sample distances ``z2`` (air-equivalent, sample to
+sensor) and all sizes are in the sample plane.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from holography.capture import Capture, FrameInfo
+from holography.focus import FocalPlane, FocusResult, autofocus, fit_plane, refine
+from holography.propagation import Propagator, fft2, ifft2, transfer_function
+from holography.raw import FrameQC, hot_pixel_mask, normalise_frame
+
+FLAG_SATURATED = "SATURATED"
+FLAG_DARK_FRAME = "DARK_FRAME"
+FLAG_OUT_OF_FOCUS = "OUT_OF_FOCUS"
+
+
+def sensor_distance(z2_um: float, z1_um: float) -> float:
+    """Sensor-plane equivalent propagation distance ``z2 (z1 + z2) / z1`` (Fresnel scaling)."""
+    return z2_um * (z1_um + z2_um) / z1_um
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReconOptions:
+    """Options of :func:`reconstruct_capture`.
+
+    Attributes
+    ----------
+    search_um : float
+        Autofocus searches ``nominal +- search_um`` (clipped at ``min_distance_um``).
+    coarse_step_um, fine_step_um, fine_range_um : float
+        Steps of the coarse search, of the per-tile refinement, and its half range.
+    tile_px, margin_px : int
+        Tile core and margin (pixels); ``tile_px + 2 margin_px`` should be an FFT-friendly size.
+    focus_tiles : int
+        Tiles used by the coarse search.
+    leds : tuple of str or None
+        LEDs to reconstruct (None: all that are not dark).
+    keep_fields : bool
+        Keep the stitched complex fields (False: focus and QC only).
+    """
+
+    search_um: float = 1000.0
+    min_distance_um: float = 100.0
+    coarse_step_um: float = 20.0
+    fine_step_um: float = 3.0
+    fine_range_um: float = 24.0
+    tile_px: int = 768
+    margin_px: int = 128
+    focus_tiles: int = 4
+    leds: tuple[str, ...] | None = None
+    keep_fields: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TileFocus:
+    """Autofocus outcome of one tile (core rows/cols in sensor pixels)."""
+
+    row0: int
+    col0: int
+    rows: int
+    cols: int
+    distance_um: float
+    prominence: float
+    found: bool
+
+
+@dataclass(slots=True, kw_only=True)
+class Reconstruction:
+    """Focused fields and everything learnt on the way.
+
+    Attributes
+    ----------
+    fields : dict
+        LED name -> (H, W) complex64 field on the sensor pixel grid (sample plane).
+    pixel_um : float
+        Pixel size of the fields in the sample plane, ``p / M``.
+    magnification : float
+        ``M`` at the fitted sample distance.
+    plane : FocalPlane
+        Fitted sample plane (sample distances, um; slopes um/mm of the sample plane).
+    led_distance_um : dict
+        Sample distance at the frame centre used for each LED.
+    tiles : list of TileFocus
+    qc : dict
+        Frame file -> FrameQC.
+    flags : list of str
+        QC flag codes (``SATURATED``, ``DARK_FRAME``, ``OUT_OF_FOCUS``).
+    flag_details : dict
+        Flag code -> one line for a person.
+    fft_pairs : float
+        Work done, in FFT-pair equivalents of one full frame.
+    """
+
+    fields: dict[str, np.ndarray] = field(default_factory=dict)
+    pixel_um: float = math.nan
+    magnification: float = math.nan
+    plane: FocalPlane | None = None
+    led_distance_um: dict[str, float] = field(default_factory=dict)
+    tiles: list[TileFocus] = field(default_factory=list)
+    qc: dict[str, FrameQC] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+    flag_details: dict[str, str] = field(default_factory=dict)
+    fft_pairs: float = 0.0
+    focus_led: str | None = None
+
+    def flag(self, code: str, detail: str) -> None:
+        """Raise a QC flag once, with its explanation."""
+        if code not in self.flags:
+            self.flags.append(code)
+            self.flag_details[code] = detail
+
+
+def _tiles(shape: tuple[int, int], core: int) -> list[tuple[int, int, int, int]]:
+    h, w = shape
+    out = []
+    for r0 in range(0, h, core):
+        for c0 in range(0, w, core):
+            out.append((r0, c0, min(core, h - r0), min(core, w - c0)))
+    return out
+
+
+def _taper(n: int, margin: int) -> np.ndarray:
+    w = np.ones(n, np.float32)
+    ramp = margin // 2
+    if ramp > 0:
+        t = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, ramp, dtype=np.float32))
+        w[:ramp] = t
+        w[-ramp:] = t[::-1]
+    return w
+
+
+class _TileSource:
+    """Extracts padded, tapered amplitude tiles of one frame."""
+
+    def __init__(self, amplitude: np.ndarray, core: int, margin: int):
+        self.a = amplitude
+        self.core = core
+        self.margin = margin
+        h, w = amplitude.shape
+        self.size = (min(core, h) + 2 * margin, min(core, w) + 2 * margin)
+        self.window = np.outer(_taper(self.size[0], margin), _taper(self.size[1], margin))
+
+    def tile(self, r0: int, c0: int) -> np.ndarray:
+        m = self.margin
+        h, w = self.a.shape
+        th, tw = self.size
+        rows = np.clip(np.arange(r0 - m, r0 - m + th), -h + 1, 2 * h - 2)
+        cols = np.clip(np.arange(c0 - m, c0 - m + tw), -w + 1, 2 * w - 2)
+        rows = np.where(rows < 0, -rows, np.where(rows >= h, 2 * h - 2 - rows, rows))
+        cols = np.where(cols < 0, -cols, np.where(cols >= w, 2 * w - 2 - cols, cols))
+        t = self.a[np.ix_(rows, cols)]
+        return (1.0 + (t - 1.0) * self.window).astype(np.complex64)
+
+
+def _pick_reference(frames: tuple[FrameInfo, ...]) -> FrameInfo:
+    return min(frames, key=lambda f: math.hypot(*f.led_offset_um))
+
+
+def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -> Reconstruction:
+    """Reconstruct a capture: QC, autofocus, plane fit, focused field per LED.
+
+    Parameters
+    ----------
+    capture : Capture
+        A validated capture (:func:`holography.capture.read_capture`).
+    options : ReconOptions, optional
+
+    Returns
+    -------
+    Reconstruction
+        Never raises for bad optics: a capture that cannot be focused is
+        reconstructed at its nominal distance and flagged ``OUT_OF_FOCUS``.
+    """
+    opt = options or ReconOptions()
+    rec = Reconstruction()
+    sensor = capture.sensor
+    p = sensor.pixel_pitch_um
+    z1 = capture.geometry.source_distance_mm * 1000.0
+    nominal = capture.geometry.sample_distance_um
+    dark = capture.load_dark()
+    hot = hot_pixel_mask(dark) if dark is not None else None
+    full_pair = capture.shape[0] * capture.shape[1]
+
+    amplitudes: dict[str, np.ndarray] = {}
+    for led in capture.leds:
+        flat = capture.load_flat(led)
+        ref = _pick_reference(capture.frames_of(led))
+        for info in capture.frames_of(led):
+            inten, qc = normalise_frame(capture.load_frame(info), sensor=sensor, dark=dark,
+                                        flat=flat, hot=hot)
+            rec.qc[info.file] = qc
+            if info is ref and not qc.dark and (opt.leds is None or led in opt.leds):
+                amplitudes[led] = np.sqrt(np.maximum(inten, 0.0))
+            del inten
+    saturated = {f: q.saturated_fraction for f, q in rec.qc.items() if q.saturated}
+    if saturated:
+        worst = max(saturated, key=saturated.get)
+        rec.flag(FLAG_SATURATED, f"{len(saturated)} frame(s) saturated, worst {worst} with "
+                                 f"{100 * saturated[worst]:.2f} % of pixels clipped; lower the "
+                                 "exposure or LED current and repeat")
+    darks = [f for f, q in rec.qc.items() if q.dark]
+    if darks:
+        rec.flag(FLAG_DARK_FRAME, f"{len(darks)} of {len(rec.qc)} frames dark "
+                                  f"({', '.join(darks)}): an LED did not light; check the LED "
+                                  "board, then repeat the test")
+    if not amplitudes:
+        rec.flag(FLAG_OUT_OF_FOCUS, "no usable frame to focus on")
+        return rec
+
+    focus_led = "green" if "green" in amplitudes else max(
+        amplitudes, key=lambda k: rec.qc[_pick_reference(capture.frames_of(k)).file].signal_fraction)
+    rec.focus_led = focus_led
+    core, margin = opt.tile_px, opt.margin_px
+    if max(capture.shape) <= core + margin:
+        core = max(capture.shape)
+    tiles = _tiles(capture.shape, core)
+    src = _TileSource(amplitudes[focus_led], core, margin)
+    tile_pixels = src.size[0] * src.size[1]
+    wl = capture.wavelength_nm(focus_led)
+
+    def D(z2: float) -> float:
+        return sensor_distance(z2, z1)
+
+    # --- coarse search on the tiles with most hologram energy
+    energy = []
+    for r0, c0, nr, nc in tiles:
+        a = amplitudes[focus_led][r0:r0 + nr, c0:c0 + nc]
+        energy.append(float(np.var(a)))
+    order = np.argsort(energy)[::-1][:max(1, opt.focus_tiles)]
+    z_lo = max(opt.min_distance_um, nominal - opt.search_um)
+    z_hi = nominal + opt.search_um
+    coarse: list[FocusResult] = []
+    evals = 0.0
+    props: dict[int, Propagator] = {}
+    for k in order:
+        r0, c0, _, _ = tiles[k]
+        prop = Propagator(src.tile(r0, c0), pitch_um=p, wavelength_nm=wl)
+        props[int(k)] = prop
+        res = _autofocus_z2(prop, z_lo, z_hi, opt, z1, margin)
+        coarse.append(res)
+        evals += res.evaluations / 4 + 0.5
+    found = [r.distance_um for r in coarse if r.found]
+    if not found:
+        reason = next((r.reason for r in coarse), "no tile")
+        rec.flag(FLAG_OUT_OF_FOCUS, f"no sample plane found between {z_lo:.0f} and {z_hi:.0f} um "
+                                    f"({reason}); check the chamber is seated and filled, and the "
+                                    "sample distance calibration")
+        z_global = nominal
+    else:
+        z_global = float(np.median(found))
+
+    # --- per-tile refinement around the global distance
+    xs, ys, zs, ws = [], [], [], []
+    cy, cx = capture.shape[0] / 2, capture.shape[1] / 2
+    for i, (r0, c0, nr, nc) in enumerate(tiles):
+        prop = props.pop(i, None) or Propagator(src.tile(r0, c0), pitch_um=p, wavelength_nm=wl)
+        if found:
+            z_t, prom, n = _refine_z2(prop, z_global, opt, z1, margin)
+            evals += n / 4 + 0.5
+        else:
+            z_t, prom = math.nan, 0.0
+        ok = bool(found) and prom > 0.005
+        rec.tiles.append(TileFocus(row0=r0, col0=c0, rows=nr, cols=nc,
+                                   distance_um=z_t if ok else math.nan, prominence=prom, found=ok))
+        m_t = (z1 + z_global) / z1
+        xs.append((c0 + nc / 2 - cx) * p / m_t / 1000.0)
+        ys.append((r0 + nr / 2 - cy) * p / m_t / 1000.0)
+        zs.append(z_t if ok else math.nan)
+        ws.append(min(prom, 0.5) + 1e-3)
+        del prop
+    plane = fit_plane(np.array(xs), np.array(ys), np.array(zs), np.array(ws))
+    if not math.isfinite(plane.distance_um):
+        plane = FocalPlane(distance_um=z_global, slope_x_um_per_mm=0.0, slope_y_um_per_mm=0.0,
+                           residual_um=math.nan, tiles_used=0)
+        if found:
+            rec.flag(FLAG_OUT_OF_FOCUS, "tiles gave no consistent focus; check the chamber and "
+                                        "repeat the test")
+    rec.plane = plane
+    rec.magnification = (z1 + plane.distance_um) / z1
+    rec.pixel_um = p / rec.magnification
+
+    # --- per-LED distance offset and reconstruction
+    for led, amp in amplitudes.items():
+        lsrc = src if led == focus_led else _TileSource(amp, core, margin)
+        offset = 0.0
+        if led != focus_led and found:
+            offs = []
+            for k in order[:2]:
+                r0, c0, nr, nc = tiles[k]
+                z_p = plane.at(xs[k], ys[k])
+                prop = Propagator(lsrc.tile(r0, c0), pitch_um=p,
+                                  wavelength_nm=capture.wavelength_nm(led))
+                z_t, prom, n = _refine_z2(prop, z_p, opt, z1, margin)
+                evals += n / 4 + 0.5
+                if prom > 0.005:
+                    offs.append(z_t - z_p)
+            offset = float(np.median(offs)) if offs else 0.0
+        rec.led_distance_um[led] = plane.distance_um + offset
+        if not opt.keep_fields:
+            continue
+        out = np.empty(capture.shape, np.complex64)
+        wl_led = capture.wavelength_nm(led)
+        for i, (r0, c0, nr, nc) in enumerate(tiles):
+            z_t = plane.at(xs[i], ys[i]) + offset
+            spec = fft2(lsrc.tile(r0, c0), overwrite=True)
+            spec *= transfer_function(spec.shape, pitch_um=p, wavelength_nm=wl_led,
+                                      distance_um=-D(z_t))
+            u = ifft2(spec, overwrite=True)
+            out[r0:r0 + nr, c0:c0 + nc] = u[margin:margin + nr, margin:margin + nc]
+            evals += 1.0
+        rec.fields[led] = out
+    rec.fft_pairs = evals * tile_pixels / full_pair
+    return rec
+
+
+def _autofocus_z2(prop: Propagator, z_lo: float, z_hi: float, opt: ReconOptions, z1: float,
+                  border: int) -> FocusResult:
+    """Autofocus in sample-distance terms on a sensor-grid propagator (back-propagation)."""
+    # search in the sensor-equivalent distance, negated (we propagate back to the sample)
+    d_lo, d_hi = sensor_distance(z_lo, z1), sensor_distance(z_hi, z1)
+    mag = (z1 + 0.5 * (z_lo + z_hi)) / z1
+    res = autofocus(prop, z_min_um=-d_hi, z_max_um=-d_lo, coarse_step_um=opt.coarse_step_um * mag,
+                    fine_step_um=opt.fine_step_um * mag, border=border)
+    if not res.found:
+        return res
+    return FocusResult(distance_um=_z2_from_d(-res.distance_um, z1), found=True,
+                       prominence=res.prominence, reason="", evaluations=res.evaluations,
+                       coarse_distances_um=res.coarse_distances_um,
+                       coarse_metric=res.coarse_metric)
+
+
+def _refine_z2(prop: Propagator, z2: float, opt: ReconOptions, z1: float,
+               border: int) -> tuple[float, float, int]:
+    mag = (z1 + z2) / z1
+    d, prom, n = refine(prop, -sensor_distance(z2, z1), half_range_um=opt.fine_range_um * mag,
+                        step_um=opt.fine_step_um * mag, border=border)
+    return _z2_from_d(-d, z1), prom, n
+
+
+def _z2_from_d(d_um: float, z1_um: float) -> float:
+    """Invert ``D = z2 (z1 + z2) / z1`` for ``z2``."""
+    return (-z1_um + math.sqrt(z1_um * z1_um + 4.0 * z1_um * d_um)) / 2.0
