@@ -161,6 +161,13 @@ def normalise_frame(raw: np.ndarray, *, sensor: SensorInfo, dark: np.ndarray | N
     med = _channel_medians(sig, chan)
     signal_fraction = float(med.max()) / rng
     dark_fraction = float(np.mean(sig < DARK_SIGNAL_LIMIT * rng))
+    qc_used: tuple[str, ...] = ()
+    if signal_fraction < DARK_SIGNAL_LIMIT:
+        # a failed LED: nothing to normalise; the caller drops the frame
+        qc = FrameQC(saturated_fraction=float(clipped.mean()), signal_fraction=signal_fraction,
+                     dark_fraction=dark_fraction,
+                     hot_pixels=int(hot.sum()) if hot is not None else 0, channels_used=qc_used)
+        return np.ones(shape, np.float32), qc
     if flat is not None:
         fsig = flat.astype(np.float32) - offset
         resp = _channel_medians(fsig, chan)

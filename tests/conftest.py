@@ -1,0 +1,45 @@
+"""Shared fixtures: small simulated captures made once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from holography.simulate import DEFAULT_LEDS, SimConfig, simulate_capture
+
+GREEN = (DEFAULT_LEDS[1],)
+
+
+def realdata_dir() -> Path:
+    """../shared/realdata beside the checkout, or $HOLODIFF_REALDATA."""
+    env = os.environ.get("HOLODIFF_REALDATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "realdata"
+
+
+@pytest.fixture(scope="session")
+def capdir(tmp_path_factory):
+    """Factory of cached simulated captures: capdir(name, **simulate kwargs)."""
+    made: dict[str, Path] = {}
+    root = tmp_path_factory.mktemp("captures")
+
+    def make(name: str, *, preset: str = "healthy", seed: int = 0, n_dies: int = 1,
+             **cfg) -> Path:
+        if name not in made:
+            cfg.setdefault("size", (512, 512))
+            cfg.setdefault("leds", GREEN)
+            simulate_capture(root / name, preset=preset, seed=seed, config=SimConfig(**cfg),
+                             n_dies=n_dies)
+            made[name] = root / name
+        return made[name]
+
+    return make
+
+
+@pytest.fixture
+def small_capture(capdir):
+    """A 512x512 one-LED healthy capture (session-cached)."""
+    return capdir("small")

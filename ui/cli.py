@@ -1,0 +1,215 @@
+"""The ``holodiff`` command (INTERFACES.md section 3).
+
+Results go to stdout only when asked (``--json``); progress and logs go to
+stderr; a failure exits non-zero with one line that says what to do next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from holography import __version__
+from holography.capture import read_capture
+from holography.errors import HoloDiffError
+from holography.pictures import save_field, save_png
+from holography.reconstruct import ReconOptions, Reconstruction, reconstruct_capture
+from holography.sample import PRESETS
+from holography.sensors import BAYER_PATTERNS, SENSORS
+from holography.simulate import FAULTS, SimConfig, simulate_capture
+
+log = logging.getLogger("holodiff")
+
+
+def _home() -> Path:
+    env = os.environ.get("HOLODIFF_HOME")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "holodiff"
+
+
+def _finite(v: float) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(float(v), 3)
+
+
+def reconstruction_report(rec: Reconstruction, capture_dir: str) -> dict[str, Any]:
+    """A JSON-friendly summary of a reconstruction (focus, tilt, QC)."""
+    plane = rec.plane
+    return {
+        "capture": capture_dir,
+        "sample_distance_um": _finite(plane.distance_um) if plane else None,
+        "tilt_um_per_mm": [_finite(plane.slope_x_um_per_mm), _finite(plane.slope_y_um_per_mm)]
+        if plane else None,
+        "focus_residual_um": _finite(plane.residual_um) if plane else None,
+        "tiles_focused": sum(t.found for t in rec.tiles),
+        "tiles": len(rec.tiles),
+        "led_distance_um": {k: _finite(v) for k, v in rec.led_distance_um.items()},
+        "magnification": _finite(rec.magnification),
+        "sample_pixel_um": _finite(rec.pixel_um),
+        "flags": rec.flags,
+        "flag_details": rec.flag_details,
+        "frames": {f: {"saturated_fraction": q.saturated_fraction,
+                       "signal_fraction": round(q.signal_fraction, 4),
+                       "channels_used": list(q.channels_used)} for f, q in rec.qc.items()},
+        "fft_pairs": round(rec.fft_pairs, 1),
+    }
+
+
+def _save_pictures(rec: Reconstruction, cap_dir: Path, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for led, fld in rec.fields.items():
+        paths += save_field(out, led, fld)
+    cap = read_capture(cap_dir)
+    first = cap.frames[0]
+    raw = cap.load_frame(first).astype("float32")
+    paths.append(save_png(out / f"hologram_{first.led}_raw.png", raw))
+    return paths
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    size = None if args.full_sensor else (args.width, args.height)
+    cfg = SimConfig(sensor=args.sensor, bayer=args.bayer or "sensor-default", size=size,
+                    faults=tuple(args.fault or ()))
+    t0 = time.perf_counter()
+    cap = simulate_capture(args.out, preset=args.preset, seed=args.seed, config=cfg,
+                           n_dies=args.dies)
+    log.info("simulated %s (%dx%d, %d frames) in %.1f s", cap.root, cap.sensor.width,
+             cap.sensor.height, len(cap.frames), time.perf_counter() - t0)
+    if args.json:
+        print(json.dumps({"capture": str(cap.root), "frames": len(cap.frames),
+                          "truth": str(cap.root / "truth.json")}))
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    cap = read_capture(args.capture)
+    t0 = time.perf_counter()
+    rec = reconstruct_capture(cap, ReconOptions(search_um=args.search_um,
+                                                keep_fields=args.pictures is not None))
+    report = reconstruction_report(rec, str(args.capture))
+    report["time_s"] = round(time.perf_counter() - t0, 2)
+    if args.pictures is not None:
+        for p in _save_pictures(rec, Path(args.capture), Path(args.pictures)):
+            log.info("wrote %s", p)
+    for code in rec.flags:
+        log.warning("%s: %s", code, rec.flag_details[code])
+    log.info("sample distance %.1f um, tilt (%.2f, %.2f) um/mm, %d/%d tiles in focus, %.1f s",
+             rec.plane.distance_um, rec.plane.slope_x_um_per_mm, rec.plane.slope_y_um_per_mm,
+             report["tiles_focused"], report["tiles"], report["time_s"])
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else _home() / "demo"
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    cap_dir = out / f"capture-{stamp}"
+    log.info("1/3 simulating a %s sample on the simulated analyzer (seed %d)", args.preset,
+             args.seed)
+    t0 = time.perf_counter()
+    cap = simulate_capture(cap_dir, preset=args.preset, seed=args.seed,
+                           config=SimConfig(size=(args.size, args.size)))
+    t1 = time.perf_counter()
+    log.info("2/3 reconstructing: raw frames, autofocus, back-propagation")
+    rec = reconstruct_capture(cap)
+    t2 = time.perf_counter()
+    pics = out / f"pictures-{stamp}"
+    paths = _save_pictures(rec, cap_dir, pics)
+    truth = json.loads((cap_dir / "truth.json").read_text())
+    report = reconstruction_report(rec, str(cap_dir))
+    report["timing_s"] = {"simulation": round(t1 - t0, 2), "reconstruction": round(t2 - t1, 2)}
+    report["pictures"] = str(pics)
+    report["truth_wbc_in_frame"] = truth["wbc_counts_in_frame"]
+    log.info("3/3 done")
+    lines = [
+        "HoloDiff demo (simulated analyzer)",
+        f"  capture            {cap_dir}",
+        f"  sample distance    {rec.plane.distance_um:.1f} um (nominal "
+        f"{cap.geometry.sample_distance_um:.1f} um)",
+        f"  chamber tilt       {rec.plane.slope_x_um_per_mm:+.2f}, "
+        f"{rec.plane.slope_y_um_per_mm:+.2f} um/mm",
+        f"  pixel in sample    {rec.pixel_um:.4f} um (magnification {rec.magnification:.4f})",
+        f"  white cells (truth) {sum(truth['wbc_counts_in_frame'].values())}",
+        f"  QC flags           {', '.join(rec.flags) or 'none'}",
+        f"  pictures           {pics} ({len(paths)} PNG files)",
+        f"  time               simulation {t1 - t0:.1f} s, reconstruction {t2 - t1:.1f} s",
+        "  (cell detection and the differential arrive with the analysis stage)",
+    ]
+    print("\n".join(lines), file=sys.stderr)
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``holodiff``."""
+    p = argparse.ArgumentParser(prog="holodiff", description="HoloDiff lensless holographic "
+                                "white-cell differential analyzer")
+    p.add_argument("--version", action="version", version=f"holodiff {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="a whole test on the built-in simulated analyzer")
+    d.add_argument("--out", help="folder for the capture and pictures (default: "
+                                 "$HOLODIFF_HOME/demo)")
+    d.add_argument("--preset", default="healthy", choices=sorted([*PRESETS, "random"]))
+    d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--size", type=int, default=1024, help="frame width and height in pixels")
+    d.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("simulate", help="write a simulated capture folder plus its truth")
+    s.add_argument("--out", required=True, help="capture folder to create (must not exist)")
+    s.add_argument("--preset", default="healthy", choices=sorted([*PRESETS, "random"]))
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--sensor", default="imx477", choices=sorted(SENSORS))
+    s.add_argument("--bayer", choices=[*BAYER_PATTERNS], help="colour filter order "
+                                                             "(default: the sensor's)")
+    s.add_argument("--width", type=int, default=1024)
+    s.add_argument("--height", type=int, default=1024)
+    s.add_argument("--full-sensor", action="store_true", help="simulate the whole sensor")
+    s.add_argument("--dies", type=int, default=1, help="LED dies per colour (sub-pixel shifts)")
+    s.add_argument("--fault", action="append", choices=FAULTS, help="inject a fault "
+                                                                    "(repeatable)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_simulate)
+
+    r = sub.add_parser("reconstruct", help="focus and reconstruct a capture folder; report "
+                                           "distance, tilt and QC")
+    r.add_argument("capture", help="capture folder")
+    r.add_argument("--pictures", help="folder to write amplitude/phase PNGs into")
+    r.add_argument("--search-um", type=float, default=1000.0,
+                   help="autofocus search range around the nominal distance")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_reconstruct)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``holodiff`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="holodiff: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except HoloDiffError as exc:
+        print(f"holodiff: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"holodiff: error: {exc}; check the path and free disk space", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
