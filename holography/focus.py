@@ -261,3 +261,38 @@ def fit_plane(x_mm: np.ndarray, y_mm: np.ndarray, z_um: np.ndarray, weights: np.
     return FocalPlane(distance_um=float(coef[0]), slope_x_um_per_mm=float(coef[1]),
                       slope_y_um_per_mm=float(coef[2]), residual_um=rms,
                       tiles_used=int(keep.sum()))
+
+
+def focus_curve(amplitude: np.ndarray, *, pitch_um: float, wavelength_nm: float,
+                distances_um: np.ndarray, medium_index: float = 1.0, pad_px: int = 128,
+                window: tuple[slice, slice] | None = None) -> np.ndarray:
+    """Focus metric of a hologram refocused at each distance (back-propagation).
+
+    Parameters
+    ----------
+    amplitude : (H, W) float array
+        Square root of the background-normalised hologram.
+    pitch_um, wavelength_nm, medium_index : float
+        Sampling and optics of the (plane-wave equivalent) hologram.
+    distances_um : (N,) array
+        Distances from the hologram back to candidate object planes (positive).
+    pad_px : int
+        Reflective padding on each side (keeps the FFT's wrap-around away).
+    window : (slice, slice), optional
+        Region of the unpadded image in which the metric is computed (one object).
+
+    Returns
+    -------
+    (N,) float array
+        Tamura of gradient at each distance.
+    """
+    a = np.pad(np.asarray(amplitude, np.float32), pad_px, mode="reflect")
+    prop = Propagator(a, pitch_um=pitch_um, wavelength_nm=wavelength_nm,
+                      medium_index=medium_index)
+    h, w = amplitude.shape
+    ys, xs = window if window is not None else (slice(0, h), slice(0, w))
+    out = []
+    for z in np.asarray(distances_um, float):
+        u = prop.at(-float(z))[pad_px:pad_px + h, pad_px:pad_px + w]
+        out.append(tamura_of_gradient(u[ys, xs]))
+    return np.array(out)

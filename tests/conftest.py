@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,14 +9,6 @@ import pytest
 from holography.simulate import DEFAULT_LEDS, SimConfig, simulate_capture
 
 GREEN = (DEFAULT_LEDS[1],)
-
-
-def realdata_dir() -> Path:
-    """../shared/realdata beside the checkout, or $HOLODIFF_REALDATA."""
-    env = os.environ.get("HOLODIFF_REALDATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "realdata"
 
 
 @pytest.fixture(scope="session")
