@@ -103,30 +103,33 @@ def test_holobio_paramecia_focus_at_the_sources_depths(holobio, name):
     assert abs(d_found - d_source) <= 0.15 * d_source, (found, z_source)
 
 
-def test_holobio_reconstruction_looks_like_holobios(holobio):
-    """Our reconstruction at the 'upper' depth matches HoloBio's own (Kreuzer method) there.
+def test_holobio_reconstruction_lines_up_with_holobios(holobio):
+    """Our reconstruction puts the upper paramecium where HoloBio's own (Kreuzer method) does.
 
-    The two use different algorithms and grids, so the comparison is of the object's
-    outline: in both, the upper paramecium is the darkest, sharpest object in its window.
+    The two use different algorithms and output grids, so fine detail does not line up;
+    what is compared is the object's image in its window, which only agrees when the
+    geometry (magnification, field of view, position) is right.
     """
     from holography.propagation import propagate
 
-    L = 20000.0
+    L, z1 = 20000.0, 2800.0
     a = np.pad(holobio, 256, mode="reflect")
-
-    def ours_at(z1):
-        return np.abs(propagate(a, pitch_um=6.9, wavelength_nm=532.0,
-                                distance_um=-sensor_distance(L - z1, z1)))[256:-256, 256:-256]
-
-    theirs = load("HoloBio/Amplitude_Reconstruction_Upper_paramecium.tif")
+    ours = np.abs(propagate(a, pitch_um=6.9, wavelength_nm=532.0,
+                            distance_um=-sensor_distance(L - z1, z1)))[256:-256, 256:-256]
+    theirs = cv2.resize(load("HoloBio/Amplitude_Reconstruction_Upper_paramecium.tif"),
+                        (1024, 1024), interpolation=cv2.INTER_AREA)
     rows, cols = PARAMECIA["upper"][0]
 
-    def normalised(img):
-        img = cv2.resize(img.astype(np.float32), (512, 512), interpolation=cv2.INTER_AREA)
-        w = img[rows.start // 2:rows.stop // 2, cols.start // 2:cols.stop // 2]
-        return (w - w.mean()) / w.std()
+    def corr(dy, dx):
+        o = ours[rows, cols]
+        t = theirs[rows.start + dy:rows.stop + dy, cols.start + dx:cols.stop + dx]
+        o, t = (o - o.mean()) / o.std(), (t - t.mean()) / t.std()
+        return float(np.mean(o * t))
 
-    t = normalised(theirs)
-    corr = {z1: float(np.mean(normalised(ours_at(z1)) * t)) for z1 in (2800.0, 6800.0)}
-    assert corr[2800.0] > 0.5, corr
-    assert corr[2800.0] > corr[6800.0] + 0.1, corr  # and not at another depth
+    aligned = corr(0, 0)
+    assert aligned > 0.5
+    # registration: of all shifts up to 60 px (6 % of the field), the best is within 10 px
+    shifts = [(dy, dx) for dy in range(-30, 31, 10) for dx in range(-60, 61, 10)]
+    scores = {sh: corr(*sh) for sh in shifts}
+    best = max(scores, key=scores.get)
+    assert abs(best[0]) <= 10 and abs(best[1]) <= 10, (best, scores[best], aligned)
