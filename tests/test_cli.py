@@ -1,0 +1,81 @@
+"""The ``holodiff`` command, run as the installed console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXE = shutil.which("holodiff") or str(Path(sys.executable).parent / "holodiff")
+
+
+def run(*args, home=None):
+    env = dict(os.environ)
+    if home is not None:
+        env["HOLODIFF_HOME"] = str(home)
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def test_help_for_every_command():
+    for cmd in ("demo", "simulate", "reconstruct"):
+        r = run(cmd, "--help")
+        assert r.returncode == 0 and "usage: holodiff" in r.stdout
+
+
+def test_simulate_then_reconstruct_json(tmp_path):
+    r = run("simulate", "--out", tmp_path / "c", "--width", 256, "--height", 256, "--seed", 3,
+            "--sensor", "imx219", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["frames"] == 3
+    r = run("reconstruct", tmp_path / "c", "--json", "--pictures", tmp_path / "pics")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["flags"] == [] and rep["tiles"] == 1
+    assert 900 < rep["sample_distance_um"] < 960
+    assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == [
+        "blue_amplitude.png", "blue_phase.png", "green_amplitude.png", "green_phase.png",
+        "hologram_blue_raw.png", "red_amplitude.png", "red_phase.png"]
+    assert "sample distance" in r.stderr  # progress goes to stderr
+
+
+def test_bad_capture_fails_with_one_line_and_empty_stdout(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "capture.json").write_text('{"format": "holodiff-capture/1"}')
+    r = run("reconstruct", tmp_path / "c", "--json")
+    assert r.returncode != 0
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "capture.json" in lines[0] and "missing" in lines[0]
+
+
+def test_simulate_refuses_an_existing_folder(tmp_path):
+    (tmp_path / "c").mkdir()
+    r = run("simulate", "--out", tmp_path / "c", "--width", 64, "--height", 64)
+    assert r.returncode != 0 and "already exists" in r.stderr and r.stdout == ""
+
+
+@pytest.mark.parametrize("fault", ["defocused", "saturated"])
+def test_simulated_faults_are_reported(tmp_path, fault):
+    r = run("simulate", "--out", tmp_path / "c", "--width", 384, "--height", 384, "--fault",
+            fault, "--seed", 4)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(run("reconstruct", tmp_path / "c", "--json").stdout)
+    if fault == "saturated":
+        assert "SATURATED" in rep["flags"]
+    else:
+        assert rep["flags"] == [] and rep["sample_distance_um"] > 900
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    r = run("demo", "--size", 384, "--json", home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert Path(rep["pictures"]).is_dir()
+    assert Path(rep["pictures"]).parent == tmp_path / "demo"
+    assert "HoloDiff demo" in r.stderr and rep["flags"] == []
