@@ -62,6 +62,7 @@ def tamura_of_gradient(field: np.ndarray) -> float:
     Parameters
     ----------
     field : (H, W) complex array
+        The field (or a real amplitude image).
 
     Returns
     -------

@@ -83,6 +83,8 @@ def hot_pixel_mask(dark: np.ndarray, *, sigma: float = HOT_PIXEL_SIGMA) -> np.nd
     ----------
     dark : (H, W) uint16
         Dark frame (black level included).
+    sigma : float
+        Threshold in robust standard deviations (MAD x 1.4826).
 
     Returns
     -------

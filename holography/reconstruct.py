@@ -191,6 +191,7 @@ def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -
     capture : Capture
         A validated capture (:func:`holography.capture.read_capture`).
     options : ReconOptions, optional
+        Search range, tiling, LEDs; defaults when omitted.
 
     Returns
     -------

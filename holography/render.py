@@ -1,5 +1,7 @@
-"""Numba kernels of the forward model: projected optical path of objects, and
-the per-depth transfer function with partial coherence.
+"""Numba kernels of the forward model.
+
+Projected optical path of objects, and the per-depth transfer function with
+partial coherence.
 
 Kept apart from :mod:`holography.simulate` so that the physics of one object
 (a ray through nested ellipsoids and spheres) can be tested on its own.
@@ -144,7 +146,7 @@ def radial_transfer(f2_max, n, inv_lambda, thick, index, z_eq, sigma_lambda, blu
 
 @numba.njit(parallel=True, cache=True)
 def accumulate_propagated(acc, spec, pitch, phase, amp, f2_step, f_lim, sx, sy):  # pragma: no cover
-    """acc += spec * amp(f^2) exp(i phase(f^2)) * exp(-2 pi i (fx sx + fy sy)).
+    """Acc += spec * amp(f^2) exp(i phase(f^2)) * exp(-2 pi i (fx sx + fy sy)).
 
     Propagates one depth bin's spectrum with a tabulated isotropic transfer
     function (see :func:`radial_transfer`), band-limited to ``|fx|, |fy| <=
@@ -174,7 +176,7 @@ def accumulate_propagated(acc, spec, pitch, phase, amp, f2_step, f_lim, sx, sy):
 
 @numba.njit(parallel=True, cache=True)
 def screen_minus_one(out, opd, att, k0):  # pragma: no cover - numba
-    """out = exp(i k0 opd - k0 att) - 1 (complex64), zero where there is no object."""
+    """Out = exp(i k0 opd - k0 att) - 1 (complex64), zero where there is no object."""
     ny, nx = out.shape
     for i in numba.prange(ny):
         for j in range(nx):

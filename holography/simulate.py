@@ -48,8 +48,7 @@ import numpy as np
 from holography import __version__
 from holography.capture import Capture, write_capture
 from holography.errors import SimulationError
-from holography.propagation import fft2, ifft2
-from holography.propagation import band_limit
+from holography.propagation import band_limit, fft2, ifft2
 from holography.render import (
     accumulate_propagated,
     radial_transfer,
@@ -167,7 +166,6 @@ def _place(sample: Sample, optics: Optics, axis_um: tuple[float, float]) -> _Pla
     z1 = optics.source_distance_mm * 1000.0
     tx, ty = (t * 1e-3 for t in optics.tilt_um_per_mm)
     floor = optics.floor_distance_um + tx * (o["x_um"] - axis_um[0]) + ty * (o["y_um"] - axis_um[1])
-    glass_eq = optics.glass_um / N_GLASS
     h = np.where(o["on_cover"] == 1,
                  sample.chamber_height_um + sample.cover_glass_um * N_MEDIUM / N_GLASS, o["h_um"])
     z2 = floor + h / N_MEDIUM

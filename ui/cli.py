@@ -76,6 +76,7 @@ def _save_pictures(rec: Reconstruction, cap_dir: Path, out: Path) -> list[Path]:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    """``holodiff simulate``: write a simulated capture folder and its truth."""
     size = None if args.full_sensor else (args.width, args.height)
     cfg = SimConfig(sensor=args.sensor, bayer=args.bayer or "sensor-default", size=size,
                     faults=tuple(args.fault or ()))
@@ -91,6 +92,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
+    """``holodiff reconstruct``: QC, autofocus and reconstruction of one capture folder."""
     cap = read_capture(args.capture)
     t0 = time.perf_counter()
     rec = reconstruct_capture(cap, ReconOptions(search_um=args.search_um,
@@ -111,6 +113,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``holodiff demo``: simulate a sample on the simulated analyzer and reconstruct it."""
     out = Path(args.out) if args.out else _home() / "demo"
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
