@@ -41,18 +41,30 @@ PROMINENCE_MIN = 0.04
 
 
 @numba.njit(parallel=True, cache=True)
-def _grad_moments(u):  # pragma: no cover - numba
+def _amplitude(u, out):  # pragma: no cover - numba
     ny, nx = u.shape
+    for i in numba.prange(ny):
+        for j in range(nx):
+            v = u[i, j]
+            out[i, j] = math.sqrt(v.real * v.real + v.imag * v.imag)
+
+
+@numba.njit(parallel=True, cache=True)
+def _grad_moments(a):  # pragma: no cover - numba
+    ny, nx = a.shape
     s1 = 0.0
     s2 = 0.0
     for i in numba.prange(ny - 1):
+        r1 = 0.0
+        r2 = 0.0
         for j in range(nx - 1):
-            a = abs(u[i, j])
-            gx = abs(u[i, j + 1]) - a
-            gy = abs(u[i + 1, j]) - a
-            g = math.sqrt(gx * gx + gy * gy)
-            s1 += g
-            s2 += g * g
+            gx = a[i, j + 1] - a[i, j]
+            gy = a[i + 1, j] - a[i, j]
+            g2 = gx * gx + gy * gy
+            r1 += math.sqrt(g2)
+            r2 += g2
+        s1 += r1
+        s2 += r2
     return s1, s2, (ny - 1) * (nx - 1)
 
 
@@ -69,7 +81,13 @@ def tamura_of_gradient(field: np.ndarray) -> float:
     float
         ``sqrt(std(G) / mean(G))``; larger is sharper.
     """
-    s1, s2, n = _grad_moments(np.ascontiguousarray(field, dtype=np.complex64))
+    f = np.asarray(field)
+    if np.iscomplexobj(f):
+        amp = np.empty(f.shape, np.float32)
+        _amplitude(f, amp)
+    else:
+        amp = np.ascontiguousarray(f, dtype=np.float32)
+    s1, s2, n = _grad_moments(amp)
     mean = s1 / n
     if mean <= 0:
         return 0.0

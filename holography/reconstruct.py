@@ -68,9 +68,9 @@ class ReconOptions:
 
     search_um: float = 1000.0
     min_distance_um: float = 100.0
-    coarse_step_um: float = 20.0
+    coarse_step_um: float = 30.0
     fine_step_um: float = 3.0
-    fine_range_um: float = 24.0
+    fine_range_um: float = 30.0
     tile_px: int = 768
     margin_px: int = 128
     focus_tiles: int = 4
@@ -239,7 +239,7 @@ def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -
         amplitudes, key=lambda k: rec.qc[_pick_reference(capture.frames_of(k)).file].signal_fraction)
     rec.focus_led = focus_led
     core, margin = opt.tile_px, opt.margin_px
-    if max(capture.shape) <= core + margin:
+    if max(capture.shape) <= core + 2 * margin:
         core = max(capture.shape)
     tiles = _tiles(capture.shape, core)
     src = _TileSource(amplitudes[focus_led], core, margin)
@@ -266,7 +266,7 @@ def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -
         props[int(k)] = prop
         res = _autofocus_z2(prop, z_lo, z_hi, opt, z1, margin)
         coarse.append(res)
-        evals += res.evaluations / 4 + 0.5
+        evals += res.evaluations / 8  # a half-band inverse FFT is 1/8 of a pair
     found = [r.distance_um for r in coarse if r.found]
     if not found:
         reason = next((r.reason for r in coarse), "no tile")
@@ -280,11 +280,15 @@ def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -
     # --- per-tile refinement around the global distance
     xs, ys, zs, ws = [], [], [], []
     cy, cx = capture.shape[0] / 2, capture.shape[1] / 2
+    spectra: dict[int, np.ndarray] = {}  # the focus LED's tile spectra, reused below
     for i, (r0, c0, nr, nc) in enumerate(tiles):
         prop = props.pop(i, None) or Propagator(src.tile(r0, c0), pitch_um=p, wavelength_nm=wl)
+        evals += 0.5
+        if opt.keep_fields:
+            spectra[i] = prop.spectrum
         if found:
             z_t, prom, n = _refine_z2(prop, z_global, opt, z1, margin)
-            evals += n / 4 + 0.5
+            evals += n / 8
         else:
             z_t, prom = math.nan, 0.0
         ok = bool(found) and prom > 0.005
@@ -319,7 +323,7 @@ def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -
                 prop = Propagator(lsrc.tile(r0, c0), pitch_um=p,
                                   wavelength_nm=capture.wavelength_nm(led))
                 z_t, prom, n = _refine_z2(prop, z_p, opt, z1, margin)
-                evals += n / 4 + 0.5
+                evals += n / 8 + 0.5
                 if prom > 0.005:
                     offs.append(z_t - z_p)
             offset = float(np.median(offs)) if offs else 0.0
@@ -330,12 +334,16 @@ def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -
         wl_led = capture.wavelength_nm(led)
         for i, (r0, c0, nr, nc) in enumerate(tiles):
             z_t = plane.at(xs[i], ys[i]) + offset
-            spec = fft2(lsrc.tile(r0, c0), overwrite=True)
+            if led == focus_led:
+                spec = spectra.pop(i)
+            else:
+                spec = fft2(lsrc.tile(r0, c0), overwrite=True)
+                evals += 0.5
             spec *= transfer_function(spec.shape, pitch_um=p, wavelength_nm=wl_led,
                                       distance_um=-D(z_t))
             u = ifft2(spec, overwrite=True)
             out[r0:r0 + nr, c0:c0 + nc] = u[margin:margin + nr, margin:margin + nc]
-            evals += 1.0
+            evals += 0.5
         rec.fields[led] = out
     rec.fft_pairs = evals * tile_pixels / full_pair
     return rec
