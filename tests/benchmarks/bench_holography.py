@@ -105,12 +105,16 @@ print(json.dumps({"focus_only_s": round(t_focus, 2), "reconstruction_s": round(t
 """
 
 
-def bench_full_frame(tmp: Path):
+def bench_full_frame(tmp: Path, existing: Path | None = None):
+    from holography.capture import read_capture
     from holography.simulate import Optics, SimConfig, simulate_capture
 
     t = time.perf_counter()
-    cfg = SimConfig(size=None, optics=Optics(tilt_um_per_mm=(3.0, -2.0)))
-    cap = simulate_capture(tmp / "full", preset="healthy", seed=101, config=cfg)
+    if existing is not None:  # a capture made earlier by this same function (seed 101)
+        cap = read_capture(existing)
+    else:
+        cfg = SimConfig(size=None, optics=Optics(tilt_um_per_mm=(3.0, -2.0)))
+        cap = simulate_capture(tmp / "full", preset="healthy", seed=101, config=cfg)
     sim_s = time.perf_counter() - t
     out = subprocess.run([sys.executable, "-c", RECON_CHILD, str(cap.root)], capture_output=True,
                          text=True, check=True)
@@ -175,15 +179,25 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-full", action="store_true", help="skip the full-sensor capture")
+    ap.add_argument("--full-capture", type=Path, help="reuse a full-sensor capture written by "
+                    "an earlier run (--keep-full) instead of simulating it again")
+    ap.add_argument("--keep-full", type=Path, help="write the full-sensor capture here")
+    ap.add_argument("--skip-accuracy", action="store_true", help="skip the focus-accuracy set")
     args = ap.parse_args()
     report = {"cpus": os.cpu_count()}
     report["propagation"] = bench_propagation(3 if args.quick else 7)
     print(json.dumps(report["propagation"], indent=1), file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_full:
-            report["full_frame"] = bench_full_frame(Path(tmp))
+            where = args.keep_full.parent if args.keep_full else Path(tmp)
+            if args.keep_full and not args.full_capture:
+                report["full_frame"] = bench_full_frame(where)
+                (where / "full").rename(args.keep_full)
+            else:
+                report["full_frame"] = bench_full_frame(where, args.full_capture)
             print(json.dumps(report["full_frame"], indent=1), file=sys.stderr)
-        report["focus_accuracy"] = bench_focus_accuracy(Path(tmp), args.quick)
+        if not args.skip_accuracy:
+            report["focus_accuracy"] = bench_focus_accuracy(Path(tmp), args.quick)
     print(json.dumps(report, indent=1))
 
 
