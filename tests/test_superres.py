@@ -34,7 +34,7 @@ def frames_of(cap):
 def dies(tmp_path_factory):
     root = tmp_path_factory.mktemp("psr")
     cfg = SimConfig(size=(256, 256), leds=NARROW, optics=OPTICS)
-    cap = simulate_capture(root / "lr", preset="healthy", seed=31, config=cfg, n_dies=4)
+    simulate_capture(root / "lr", preset="healthy", seed=31, config=cfg, n_dies=4)
     # the same sample seen by a virtual monochrome sensor with half the pixel pitch
     sensors.SENSORS["virtual-half"] = replace(sensors.SENSORS["imx477"], model="virtual-half",
                                               pixel_pitch_um=0.775, bayer=None,
