@@ -108,8 +108,28 @@ def _channel_medians(img: np.ndarray, chan: np.ndarray, step: int = 4) -> np.nda
     return out
 
 
+def _fill_sparse(out: np.ndarray, good: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> None:
+    """Fill a few isolated bad pixels in place from their good 3x3 neighbours."""
+    h, w = out.shape
+    num = np.zeros(rows.size, np.float64)
+    den = np.zeros(rows.size, np.float64)
+    for dy, dx, wt in ((-1, -1, 1), (-1, 0, 2), (-1, 1, 1), (0, -1, 2), (0, 1, 2), (1, -1, 1),
+                       (1, 0, 2), (1, 1, 1)):
+        r = np.clip(rows + dy, 0, h - 1)
+        c = np.clip(cols + dx, 0, w - 1)
+        ok = good[r, c]
+        num += np.where(ok, out[r, c] * wt, 0.0)
+        den += np.where(ok, wt, 0.0)
+    out[rows, cols] = np.where(den > 0, num / np.maximum(den, 1e-12), 1.0)
+
+
 def _fill(values: np.ndarray, good: np.ndarray) -> np.ndarray:
     """Replace pixels where ``good`` is False by a weighted mean of good neighbours."""
+    out = values
+    bad = np.flatnonzero(~good)
+    if bad.size < 0.01 * good.size:  # hot and clipped pixels only: no full-frame filtering
+        _fill_sparse(out, good, *np.unravel_index(bad, good.shape))
+        return out
     kernel = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], np.float32)
     w = good.astype(np.float32)
     out = values.copy()
@@ -185,7 +205,9 @@ def normalise_frame(raw: np.ndarray, *, sensor: SensorInfo, dark: np.ndarray | N
     present = [c for c in range(3) if np.any(chan == c)]
     strongest = max(resp[c] for c in present)
     use = [c for c in present if strongest > 0 and resp[c] >= min_channel_response * strongest]
-    good = np.isin(chan, use) & ~clipped
+    lut = np.zeros(3, bool)
+    lut[use] = True
+    good = lut[chan] & ~clipped
     if hot is not None:
         good &= ~hot
     if flat is not None:
