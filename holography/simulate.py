@@ -291,7 +291,8 @@ class _SensorModel:
 
 
 def simulate_capture(out_dir: str | Path, *, preset: str = "healthy", seed: int = 0,
-                     config: SimConfig | None = None, n_dies: int = 1) -> Capture:
+                     config: SimConfig | None = None, n_dies: int = 1,
+                     sample: Sample | None = None) -> Capture:
     """Simulate one test and write it as a ``holodiff-capture/1`` folder plus ``truth.json``.
 
     Parameters
@@ -306,6 +307,10 @@ def simulate_capture(out_dir: str | Path, *, preset: str = "healthy", seed: int 
         Sensor, optics, LEDs, faults.
     n_dies : int
         Dies per LED colour (1 or 4 from :data:`FOUR_DIES`; more repeat with jitter).
+    sample : Sample, optional
+        Objects to image instead of a preset's blood (a resolution target, beads),
+        in sample-plane micrometres with the optical axis at the frame centre
+        ``(W p / 2, H p / 2)``.
 
     Returns
     -------
@@ -337,8 +342,10 @@ def simulate_capture(out_dir: str | Path, *, preset: str = "healthy", seed: int 
                 axis[0] + (axis[0] + reach) / m_floor, axis[1] + (axis[1] + reach) / m_floor)
     preset_name = "empty" if "empty_chamber" in cfg.faults else preset
     sample_spec = get_spec(preset_name, rng)
-    sample = make_sample(sample_spec, field_um=field_um, chamber_height_um=optics.chamber_height_um,
-                         dilution=optics.dilution, rng=rng, cover_glass_um=optics.cover_glass_um)
+    if sample is None:
+        sample = make_sample(sample_spec, field_um=field_um,
+                             chamber_height_um=optics.chamber_height_um, dilution=optics.dilution,
+                             rng=rng, cover_glass_um=optics.cover_glass_um)
     placed = _place(sample, optics, axis)
     sensor = _SensorModel(spec_sensor, bayer, (H, W), rng, cfg)
     fixed_offsets = FOUR_DIES if n_dies > 1 else ((0.0, 0.0),)
