@@ -133,6 +133,33 @@ def register(reference: np.ndarray, frame: np.ndarray, *, predicted: tuple[float
     return Shift(dy=float(dy), dx=float(dx), peak=peak, residual_px=resid)
 
 
+def register_dies(frames: list[np.ndarray], predicted: list[tuple[float, float]], *,
+                  max_residual_px: float = 0.5, min_peak: float = 0.05) -> tuple[list[Shift], list[int]]:
+    """Register every frame to the first, falling back to the geometry where that fails.
+
+    A measured shift is kept only when it lies within ``max_residual_px`` of the
+    predicted one and its correlation peak exceeds ``min_peak``; otherwise (a
+    sparse or empty field, a failed die) the prediction is used.
+
+    Returns
+    -------
+    shifts : list of Shift
+        One per frame (the first is (0, 0)).
+    fallbacks : list of int
+        Indices of frames whose shift was taken from the geometry.
+    """
+    shifts = [Shift(dy=0.0, dx=0.0, peak=1.0, residual_px=0.0)]
+    fallbacks = []
+    for k in range(1, len(frames)):
+        s = register(frames[0], frames[k], predicted=predicted[k], search_px=max(2.0, 4 * max_residual_px))
+        if not (s.residual_px <= max_residual_px and s.peak >= min_peak):
+            fallbacks.append(k)
+            s = Shift(dy=float(predicted[k][0]), dx=float(predicted[k][1]), peak=s.peak,
+                      residual_px=s.residual_px)
+        shifts.append(s)
+    return shifts, fallbacks
+
+
 def predicted_shift_px(offset_um: tuple[float, float], *, sample_distance_um: float,
                        source_distance_um: float, pitch_um: float) -> tuple[float, float]:
     """Hologram shift (dy, dx) in pixels for an LED die at lateral offset (x, y) um."""
