@@ -17,6 +17,7 @@ from holography.superres import (
     predicted_shift_px,
     psr_least_squares,
     register,
+    register_dies,
     shift_and_add,
 )
 
@@ -101,3 +102,17 @@ def test_one_frame_degrades_gracefully(dies):
     sa = shift_and_add([f0], [Shift(dy=0.0, dx=0.0, peak=1.0)], 2)
     assert sa.shape == (512, 512)
     assert np.allclose(sa[::2, ::2], f0, atol=1e-5)  # every sample kept, holes filled between
+
+
+def test_register_dies_falls_back_to_the_geometry_on_an_empty_field(dies):
+    cap, _ = dies
+    frames = frames_of(cap)
+    pred = geometry_shifts(cap)
+    shifts, fallbacks = register_dies(frames, pred)
+    assert fallbacks == []  # a populated field registers on its own
+    assert all(s.residual_px < 0.1 for s in shifts)
+    rng = np.random.default_rng(0)
+    noise = [1 + 0.01 * rng.standard_normal(frames[0].shape).astype(np.float32) for _ in frames]
+    shifts, fallbacks = register_dies(noise, pred)
+    assert fallbacks == [1, 2, 3]
+    assert [(s.dy, s.dx) for s in shifts[1:]] == [tuple(map(float, p)) for p in pred[1:]]
