@@ -141,3 +141,35 @@ def twin_image_energy(field: np.ndarray, support: np.ndarray, *, ring_px: int = 
         return math.nan
     bg = np.median(field.real[ring]) + 1j * np.median(field.imag[ring])
     return float(np.mean(np.abs(field[ring] - bg) ** 2))
+
+
+def retrieve_leds(amplitudes: dict[str, tuple[np.ndarray, float]], *, pitch_um: float,
+                  distance_um: float, iterations: int = 20
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, RetrievalResult]]:
+    """Retrieve several LEDs' holograms of one region with one shared support.
+
+    Parameters
+    ----------
+    amplitudes : dict
+        LED name -> (amplitude (H, W), wavelength in nm), all on one grid.
+    pitch_um, distance_um : float
+        Grid pitch and sample-to-sensor propagation distance (see :func:`retrieve`).
+    iterations : int
+        Upper bound per LED.
+
+    Returns
+    -------
+    support : (H, W) bool
+    plain : dict
+        LED -> plain back-propagated field (for comparison).
+    results : dict
+        LED -> RetrievalResult.
+    """
+    plain = {led: ifft2(fft2(a.astype(np.complex64)) * transfer_function(
+        a.shape, pitch_um=pitch_um, wavelength_nm=wl, distance_um=-distance_um))
+        for led, (a, wl) in amplitudes.items()}
+    support = support_mask(list(plain.values()))
+    results = {led: retrieve(a, support, pitch_um=pitch_um, wavelength_nm=wl,
+                             distance_um=distance_um, iterations=iterations)
+               for led, (a, wl) in amplitudes.items()}
+    return support, plain, results
