@@ -9,11 +9,19 @@ holograms", Opt. Lett. 36(10):1945, 2011). It measures how sparse the edges
 are: defocused fringes spread edges over the whole tile, a focused cell packs
 them into its outline. It needs no threshold, does not depend on the
 illumination level, and was chosen against the alternatives on our own
-simulated captures (``tests/test_focus.py``): white cells are strong phase
-objects (OPD ~0.3 um, ~3 rad) with absorbing nuclei and granules, and on them
-the amplitude ToG peaked within 2 um of the true depth while the Tamura
+simulated captures. White cells are strong phase objects (OPD ~0.3 um,
+~3 rad) with absorbing nuclei and granules; on them the amplitude ToG peaked
+within 12 um of the true depth (0-3 um in green), while the Tamura
 coefficient of the complex gradient (Zhang et al., Opt. Lett. 42(19):3824,
-2017) peaked ~20 um short of it, and the amplitude variance was flatter.
+2017) peaked 6-32 um short of it in the reconstruction pipeline, and at our
+prominence threshold left one test capture with cells unfocused.
+
+Known limitation (measured, not yet mended): on cells of half or less the
+simulated refractive-index contrast the amplitude ToG misses the depth by
+45-90 um, since a weak phase object has almost no amplitude contrast at focus;
+the complex-gradient metric stays within -21..+3 um there. Real cells'
+contrast after lysis must be checked on the first real captures; the
+per-cell refocusing of the analysis should use a phase-aware criterion.
 
 Search
 ------
