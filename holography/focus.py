@@ -217,6 +217,8 @@ def refine(prop: Propagator, center_um: float, *, half_range_um: float, step_um:
         The prominence is the peak's height above the lower end of the scanned
         curve, as a fraction of it (0 when the peak sits at either end).
     """
+    # a grid aligned to multiples of the step, so that tiles share cached transfer functions
+    center_um = round(center_um / step_um) * step_um
     zf = np.arange(center_um - half_range_um, center_um + half_range_um + 0.5 * step_um, step_um)
     mf = coarse_scan(prop, zf, lowpass=lowpass, border=border)
     k = int(np.argmax(mf))

@@ -45,19 +45,30 @@ DEFAULT_WORKERS = max(1, os.cpu_count() or 1)
 
 @numba.njit(parallel=True, cache=True)
 def _asm_kernel(out, dy, dx, inv_lambda, z, fy_lim, fx_lim):  # pragma: no cover - numba
+    # H depends on fx^2 and fy^2 only: compute one quadrant of the FFT-ordered grid and
+    # mirror it (index k and n - k hold the same |f|), a quarter of the sqrt and sincos
     ny, nx = out.shape
     inv_l2 = inv_lambda * inv_lambda
     two_pi_z = 2.0 * math.pi * z
-    for i in numba.prange(ny):
-        fy = (i if i < (ny + 1) // 2 else i - ny) / (ny * dy)
-        for j in range(nx):
-            fx = (j if j < (nx + 1) // 2 else j - nx) / (nx * dx)
+    for i in numba.prange(ny // 2 + 1):
+        fy = i / (ny * dy)
+        i2 = ny - i
+        for j in range(nx // 2 + 1):
+            fx = j / (nx * dx)
             arg = inv_l2 - fx * fx - fy * fy
-            if arg <= 0.0 or abs(fx) > fx_lim or abs(fy) > fy_lim:
-                out[i, j] = 0.0
+            if arg <= 0.0 or fx > fx_lim or fy > fy_lim:
+                v = complex(0.0, 0.0)
             else:
                 ph = two_pi_z * (math.sqrt(arg) - inv_lambda)
-                out[i, j] = complex(math.cos(ph), math.sin(ph))
+                v = complex(math.cos(ph), math.sin(ph))
+            j2 = nx - j
+            out[i, j] = v
+            if 0 < j2 < nx:
+                out[i, j2] = v
+            if 0 < i2 < ny:
+                out[i2, j] = v
+                if 0 < j2 < nx:
+                    out[i2, j2] = v
 
 
 @numba.njit(parallel=True, cache=True)

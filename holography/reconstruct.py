@@ -333,7 +333,8 @@ def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -
         out = np.empty(capture.shape, np.complex64)
         wl_led = capture.wavelength_nm(led)
         for i, (r0, c0, nr, nc) in enumerate(tiles):
-            z_t = plane.at(xs[i], ys[i]) + offset
+            # tiles share transfer functions at 0.5 um steps, far below the depth of field
+            z_t = round(2.0 * (plane.at(xs[i], ys[i]) + offset)) / 2.0
             if led == focus_led:
                 spec = spectra.pop(i)
             else:

@@ -186,3 +186,17 @@ def test_point_source_geometry_inverts():
         assert back == pytest.approx(z2)
     with pytest.raises(OpticsError):
         PointSourceGeometry(source_distance_um=-1.0, sample_distance_um=1.0, sensor_pitch_um=1.0)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (63, 65), (100, 37)])
+def test_transfer_function_equals_its_definition(shape):
+    # the kernel computes one quadrant and mirrors it; odd and even sizes must both be right
+    pitch, lam, z = 0.7, 0.53, 321.0
+    h = transfer_function(shape, pitch_um=pitch, wavelength_nm=lam * 1e3, distance_um=z)
+    fy = np.fft.fftfreq(shape[0], pitch)[:, None]
+    fx = np.fft.fftfreq(shape[1], pitch)[None, :]
+    arg = 1 / lam**2 - fx**2 - fy**2
+    inside = ((arg > 0) & (np.abs(fx) <= band_limit(shape[1], pitch, lam, z))
+              & (np.abs(fy) <= band_limit(shape[0], pitch, lam, z)))
+    ref = np.where(inside, np.exp(2j * np.pi * z * (np.sqrt(np.maximum(arg, 0)) - 1 / lam)), 0)
+    assert np.abs(h - ref).max() < 1e-6
