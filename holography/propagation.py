@@ -190,14 +190,6 @@ def ifft2(a: np.ndarray, *, workers: int = DEFAULT_WORKERS, overwrite: bool = Fa
     return scipy.fft.ifft2(a, workers=workers, overwrite_x=overwrite)
 
 
-def apply_transfer(spectrum: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """Multiply a spectrum by a transfer function in place (parallel) and return it."""
-    if spectrum.shape != h.shape:
-        raise OpticsError(f"spectrum {spectrum.shape} and transfer function {h.shape} differ")
-    _multiply_inplace(spectrum, h)
-    return spectrum
-
-
 def propagate(field: np.ndarray, *, pitch_um: float | tuple[float, float], wavelength_nm: float,
               distance_um: float, medium_index: float = 1.0, band_limited: bool = True,
               workers: int = DEFAULT_WORKERS, overwrite: bool = False) -> np.ndarray:

@@ -187,8 +187,3 @@ def screen_minus_one(out, opd, att, k0):  # pragma: no cover - numba
             else:
                 m = math.exp(-k0 * a)
                 out[i, j] = complex(m * math.cos(k0 * o) - 1.0, m * math.sin(k0 * o))
-
-
-def jinc_table() -> tuple[np.ndarray, float]:
-    """The jinc look-up table and its step."""
-    return _JINC, _JINC_STEP

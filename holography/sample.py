@@ -342,8 +342,3 @@ def make_sample(spec: SampleSpec, *, field_um: tuple[float, float, float, float]
     parts = np.array(b.parts, dtype=PART_DTYPE) if b.parts else np.zeros(0, PART_DTYPE)
     return Sample(objects=objects, parts=parts, chamber_height_um=H,
                   cover_glass_um=cover_glass_um)
-
-
-def object_volume_fl(obj: np.void) -> float:
-    """Volume of an object's body in femtolitres (um^3)."""
-    return 4.0 / 3.0 * math.pi * obj["a_um"] ** 2 * obj["c_um"]
