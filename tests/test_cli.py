@@ -79,3 +79,17 @@ def test_demo_runs_end_to_end(tmp_path):
     assert Path(rep["pictures"]).is_dir()
     assert Path(rep["pictures"]).parent == tmp_path / "demo"
     assert "HoloDiff demo" in r.stderr and rep["flags"] == []
+
+
+def test_reconstruct_with_phase_retrieval(tmp_path):
+    r = run("simulate", "--out", tmp_path / "c", "--width", 384, "--height", 384, "--seed", 7)
+    assert r.returncode == 0, r.stderr
+    r = run("reconstruct", tmp_path / "c", "--json", "--retrieve", 256, "--pictures",
+            tmp_path / "pics")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert set(rep["retrieval"]) == {"blue", "green", "red"}
+    assert all(v["twin_reduction"] > 2.0 for v in rep["retrieval"].values())
+    assert (tmp_path / "pics" / "green_retrieved_phase.png").is_file()
+    bad = run("reconstruct", tmp_path / "c", "--retrieve", 8)
+    assert bad.returncode != 0 and "at least 64 px" in bad.stderr and bad.stdout == ""

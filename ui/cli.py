@@ -20,7 +20,12 @@ from holography import __version__
 from holography.capture import read_capture
 from holography.errors import HoloDiffError
 from holography.pictures import save_field, save_png
-from holography.reconstruct import ReconOptions, Reconstruction, reconstruct_capture
+from holography.reconstruct import (
+    ReconOptions,
+    Reconstruction,
+    reconstruct_capture,
+    retrieve_region,
+)
 from holography.sample import PRESETS
 from holography.sensors import BAYER_PATTERNS, SENSORS
 from holography.simulate import FAULTS, SimConfig, simulate_capture
@@ -97,11 +102,23 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     rec = reconstruct_capture(cap, ReconOptions(search_um=args.search_um,
                                                 keep_fields=args.pictures is not None))
+    if args.retrieve and args.retrieve < 64:
+        raise HoloDiffError(f"--retrieve needs a region of at least 64 px (got {args.retrieve})")
     report = reconstruction_report(rec, str(args.capture))
     report["time_s"] = round(time.perf_counter() - t0, 2)
     if args.pictures is not None:
         for p in _save_pictures(rec, Path(args.capture), Path(args.pictures)):
             log.info("wrote %s", p)
+    if args.retrieve:
+        t1 = time.perf_counter()
+        region = retrieve_region(cap, rec, size=args.retrieve)
+        report["retrieval"] = {led: {"twin_reduction": round(v["twin_reduction"], 2),
+                                     "iterations": v["iterations"]} for led, v in region.items()}
+        report["retrieval_time_s"] = round(time.perf_counter() - t1, 2)
+        if args.pictures is not None:
+            for led, v in region.items():
+                for p in save_field(Path(args.pictures), f"{led}_retrieved", v["field"]):
+                    log.info("wrote %s", p)
     for code in rec.flags:
         log.warning("%s: %s", code, rec.flag_details[code])
     log.info("sample distance %.1f um, tilt (%.2f, %.2f) um/mm, %d/%d tiles in focus, %.1f s",
@@ -192,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "distance, tilt and QC")
     r.add_argument("capture", help="capture folder")
     r.add_argument("--pictures", help="folder to write amplitude/phase PNGs into")
+    r.add_argument("--retrieve", type=int, metavar="PX", nargs="?", const=512, default=0,
+                   help="also run support-constrained phase retrieval on the central PX x PX "
+                        "region (default 512) and report the twin-image reduction")
     r.add_argument("--search-um", type=float, default=1000.0,
                    help="autofocus search range around the nominal distance")
     r.add_argument("--json", action="store_true")
