@@ -35,6 +35,7 @@ from holography.capture import Capture, FrameInfo
 from holography.focus import FocalPlane, FocusResult, autofocus, fit_plane, refine
 from holography.propagation import Propagator, fft2, ifft2, transfer_function
 from holography.raw import FrameQC, hot_pixel_mask, normalise_frame
+from holography.retrieval import retrieve_leds, twin_image_energy
 
 FLAG_SATURATED = "SATURATED"
 FLAG_DARK_FRAME = "DARK_FRAME"
@@ -379,6 +380,38 @@ def _z2_from_d(d_um: float, z1_um: float) -> float:
     return (-z1_um + math.sqrt(z1_um * z1_um + 4.0 * z1_um * d_um)) / 2.0
 
 
+def reference_amplitudes(capture: Capture, *, leds: tuple[str, ...] | None = None,
+                         window: tuple[slice, slice] | None = None
+                         ) -> dict[str, tuple[np.ndarray, float]]:
+    """Hologram amplitude ``sqrt(I)`` of each LED's central-die frame, dark-, flat- and hot-pixel corrected.
+
+    Parameters
+    ----------
+    capture : Capture
+        A validated capture.
+    leds : tuple of str, optional
+        LEDs to load (default: all).
+    window : (slice, slice), optional
+        Region of the frame to keep.
+
+    Returns
+    -------
+    dict
+        LED -> (amplitude (H, W) float32, wavelength in nm).
+    """
+    dark = capture.load_dark()
+    hot = hot_pixel_mask(dark) if dark is not None else None
+    out = {}
+    for led in leds or capture.leds:
+        ref = _pick_reference(capture.frames_of(led))
+        inten, _ = normalise_frame(capture.load_frame(ref), sensor=capture.sensor, dark=dark,
+                                   flat=capture.load_flat(led), hot=hot)
+        if window is not None:
+            inten = inten[window]
+        out[led] = (np.sqrt(np.maximum(inten, 0.0)), capture.wavelength_nm(led))
+    return out
+
+
 def retrieve_region(capture: Capture, rec: Reconstruction, *, size: int = 512,
                     iterations: int = 20) -> dict[str, dict]:
     """Twin-image-free fields of the central ``size`` x ``size`` region of a reconstructed capture.
@@ -392,23 +425,14 @@ def retrieve_region(capture: Capture, rec: Reconstruction, *, size: int = 512,
     dict
         LED -> ``{"field": complex64 array, "twin_reduction": float, "iterations": int}``.
     """
-    from holography.retrieval import retrieve_leds, twin_image_energy
-
     if rec.plane is None or not rec.led_distance_um:
         return {}
     h, w = capture.shape
     n = min(size, h, w)
     r0, c0 = (h - n) // 2, (w - n) // 2
-    dark = capture.load_dark()
-    hot = hot_pixel_mask(dark) if dark is not None else None
     z1 = capture.geometry.source_distance_mm * 1000.0
-    amps = {}
-    for led in rec.led_distance_um:
-        ref = _pick_reference(capture.frames_of(led))
-        inten, _ = normalise_frame(capture.load_frame(ref), sensor=capture.sensor, dark=dark,
-                                   flat=capture.load_flat(led), hot=hot)
-        amps[led] = (np.sqrt(np.maximum(inten[r0:r0 + n, c0:c0 + n], 0.0)),
-                     capture.wavelength_nm(led))
+    amps = reference_amplitudes(capture, leds=tuple(rec.led_distance_um),
+                                window=(slice(r0, r0 + n), slice(c0, c0 + n)))
     # one distance for the shared support: the mean of the LEDs' own distances
     z = float(np.mean(list(rec.led_distance_um.values())))
     support, plain, results = retrieve_leds(amps, pitch_um=capture.sensor.pixel_pitch_um,

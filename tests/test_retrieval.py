@@ -7,8 +7,7 @@ import pytest
 
 from holography.capture import read_capture
 from holography.propagation import propagate
-from holography.raw import normalise_frame
-from holography.reconstruct import sensor_distance
+from holography.reconstruct import reference_amplitudes, sensor_distance
 from holography.retrieval import retrieve, retrieve_leds, support_mask, twin_image_energy
 from holography.simulate import DEFAULT_LEDS
 
@@ -56,13 +55,8 @@ def test_iterations_are_bounded_and_shapes_checked(phase_disks):
 
 def test_shared_support_lowers_the_twin_image_on_a_simulated_capture(capdir):
     cap = read_capture(capdir("retrieval", leds=DEFAULT_LEDS, seed=41))
-    dark = cap.load_dark()
     z = sensor_distance(cap.geometry.sample_distance_um + 3.0, 40000.0)
-    amps = {}
-    for f in cap.frames:
-        inten, _ = normalise_frame(cap.load_frame(f), sensor=cap.sensor, dark=dark,
-                                   flat=cap.load_flat(f.led))
-        amps[f.led] = (np.sqrt(inten), f.wavelength_nm)
+    amps = reference_amplitudes(cap)
     support, plain, results = retrieve_leds(amps, pitch_um=cap.sensor.pixel_pitch_um,
                                             distance_um=z, iterations=20)
     assert 0.005 < support.mean() < 0.2

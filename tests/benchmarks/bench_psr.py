@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import map_coordinates
+from scipy.ndimage import map_coordinates, zoom
 
 from holography.propagation import propagate
 from holography.raw import normalise_frame
-from holography.reconstruct import sensor_distance
+from holography.reconstruct import reference_amplitudes, sensor_distance
 from holography.sample import KIND_ID, OBJECT_DTYPE, PART_DTYPE, Sample
 from holography.simulate import LedSpec, Optics, SimConfig, simulate_capture
 from holography.superres import predicted_shift_px, psr_least_squares, register_dies, shift_and_add
@@ -108,7 +108,6 @@ def bench_resolution(tmp: Path, name: str, led: LedSpec, optics: Optics) -> dict
            "registration_residual_px": [round(s.residual_px, 3) for s in shifts],
            "registration_fallbacks": fallbacks}
     t = time.perf_counter()
-    from scipy.ndimage import zoom
     variants = {"one_frame": zoom(frames[0], 2, order=3)}
     t_one = time.perf_counter() - t
     t = time.perf_counter()
@@ -139,13 +138,8 @@ def bench_resolution(tmp: Path, name: str, led: LedSpec, optics: Optics) -> dict
 def bench_retrieval(tmp: Path) -> dict:
     from holography.retrieval import retrieve_leds, twin_image_energy
     cap = simulate_capture(tmp / "ret", preset="healthy", seed=9, config=SimConfig(size=(1024, 1024)))
-    dark = cap.load_dark()
     z = sensor_distance(cap.geometry.sample_distance_um + 3.0, 40000.0)
-    amps = {}
-    for f in cap.frames:
-        inten, _ = normalise_frame(cap.load_frame(f), sensor=cap.sensor, dark=dark,
-                                   flat=cap.load_flat(f.led))
-        amps[f.led] = (np.sqrt(inten), f.wavelength_nm)
+    amps = reference_amplitudes(cap)
     t = time.perf_counter()
     propagate(amps["green"][0], pitch_um=cap.sensor.pixel_pitch_um, wavelength_nm=530.0,
               distance_um=-z)
