@@ -172,6 +172,78 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze_one(path: str, model: str, cells: bool) -> tuple[str, dict | None, str | None]:
+    """Analyse one capture in a worker process: (path, result, error line)."""
+    from inference.analyze import AnalysisOptions, analyze_capture
+
+    try:
+        res = analyze_capture(path, options=AnalysisOptions(model=model, cells=cells),
+                              progress=lambda m: log.debug("%s: %s", path, m))
+        return path, res, None
+    except HoloDiffError as exc:
+        return path, None, str(exc)
+    except OSError as exc:
+        return path, None, f"{exc}; check the path"
+
+
+def format_report(res: dict) -> str:
+    """A short human-readable report of one result."""
+    lines = [f"{res['capture']}",
+             f"  white cells        {res['cells_classified']} classified, {res['cells_rejected']} "
+             f"rejected of {res['cells_detected']} objects",
+             f"  WBC                {res['wbc_per_uL']} /uL" if res["wbc_per_uL"] is not None
+             else "  WBC                -"]
+    for k, v in res["differential_5part"].items():
+        lo, hi = res["differential_5part_ci95"][k]
+        lines.append(f"  {k:<18} {v:5.1f} %  (95 % CI {lo:.1f}-{hi:.1f}, n={res['counts'][k]})")
+    g = res["differential_3part"]
+    lines.append(f"  3-part             L {g['lymphocyte']:.1f} %, M {g['monocyte']:.1f} %, "
+                 f"G {g['granulocyte']:.1f} %")
+    m = res["mdw"]
+    if m["sd_fl"] is not None:
+        lines.append(f"  MDW                {m['sd_fl']} fL (CV {m['cv_pct']} %, n={m['n']})")
+    else:
+        lines.append(f"  MDW                not reported ({m.get('not_reported')})")
+    for code in res["flags"]:
+        lines.append(f"  FLAG {code}: {res['flag_details'].get(code, '')}")
+    t = res["timing_s"]
+    lines.append(f"  time               {t['total']:.1f} s (reconstruction {t['reconstruction']:.1f}, "
+                 f"detection {t['detection']:.1f}, classification {t['classification']:.1f})")
+    return "\n".join(lines)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """``holodiff analyze``: capture folders to results (INTERFACES.md section 2)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from inference.classify import DEFAULT_MODEL, Classifier
+
+    model = args.model or str(DEFAULT_MODEL)
+    Classifier(model)  # fail early, once, on a missing or broken model
+    jobs = max(1, min(args.jobs or (os.cpu_count() or 1), len(args.captures)))
+    log.info("analysing %d capture(s), %d at a time", len(args.captures), jobs)
+    if jobs == 1:
+        outcomes = (_analyze_one(p, model, args.cells) for p in args.captures)
+    else:
+        ex = ProcessPoolExecutor(jobs)
+        outcomes = ex.map(_analyze_one, args.captures, [model] * len(args.captures),
+                          [args.cells] * len(args.captures))
+    failed = 0
+    for path, res, err in outcomes:
+        if err is not None:
+            failed += 1
+            print(f"holodiff: error: {path}: {err}", file=sys.stderr)
+            continue
+        log.info("%s: %d white cells in %.1f s", path, res["cells_classified"], res["timing_s"]["total"])
+        if args.json:
+            print(json.dumps(res), flush=True)
+        else:
+            print(format_report(res), flush=True)
+    if jobs > 1:
+        ex.shutdown()
+    return 2 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``holodiff``."""
     p = argparse.ArgumentParser(prog="holodiff", description="HoloDiff lensless holographic "
@@ -204,6 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                                     "(repeatable)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_simulate)
+
+    a = sub.add_parser("analyze", help="analyse capture folders: differential, WBC count, MDW, "
+                                       "flags (JSON with --json)")
+    a.add_argument("captures", nargs="+", metavar="CAPTURE", help="capture folder(s)")
+    a.add_argument("--json", action="store_true", help="one holodiff-result/1 JSON object per "
+                                                       "capture on stdout")
+    a.add_argument("--cells", action="store_true", help="include every cell in the JSON")
+    a.add_argument("--model", help="classifier .onnx file (default: the shipped model)")
+    a.add_argument("--jobs", type=int, help="captures analysed in parallel (default: CPU count)")
+    a.set_defaults(func=cmd_analyze)
 
     r = sub.add_parser("reconstruct", help="focus and reconstruct a capture folder; report "
                                            "distance, tilt and QC")

@@ -1,0 +1,91 @@
+"""Analyse one capture end to end: reconstruction, detection, classification, result.
+
+:func:`analyze_capture` returns the ``holodiff-result/1`` object of
+INTERFACES.md section 2 (plus the additive keys documented in README:
+``differential_5part_ci95``, ``differential_3part_ci95``, ``mdw.sd_ci95_fl``,
+``flag_details``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from holography.capture import Capture, read_capture
+from holography.reconstruct import ReconOptions, reconstruct_capture
+from holography.sample import N_MEDIUM
+from inference.classify import DEFAULT_MODEL, Classifier
+from inference.detect import detect_cells
+from inference.result import FLAG_TEXT, FORMAT, call_cells, cell_records, summarise
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnalysisOptions:
+    """Options of :func:`analyze_capture`."""
+
+    model: str | Path = DEFAULT_MODEL
+    cells: bool = False
+    recon: ReconOptions | None = None
+    calibration_id: str = "capture-metadata"
+
+
+def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions | None = None,
+                    classifier: Classifier | None = None, progress=None) -> dict[str, Any]:
+    """The analysis result of one capture folder.
+
+    Raises
+    ------
+    CaptureError
+        The capture is unreadable or invalid (nothing is analysed).
+    ModelError
+        The classifier model is missing or broken.
+    """
+    opt = options or AnalysisOptions()
+    say = progress or (lambda msg: None)
+    t0 = time.perf_counter()
+    cap = capture if isinstance(capture, Capture) else read_capture(capture)
+    clf = classifier or Classifier(opt.model)
+    say("reconstructing")
+    t = time.perf_counter()
+    rec = reconstruct_capture(cap, opt.recon)
+    t_rec = time.perf_counter() - t
+    say(f"detecting cells (sample at {rec.plane.distance_um:.0f} um)" if rec.plane else
+        "detecting cells")
+    t = time.perf_counter()
+    det = detect_cells(rec, {led: cap.wavelength_nm(led) for led in cap.leds},
+                       sensor_pitch_um=cap.sensor.pixel_pitch_um,
+                       source_distance_um=cap.geometry.source_distance_mm * 1000.0,
+                       progress=lambda k, n: say(f"refocused {k}/{n} candidates"))
+    t_det = time.perf_counter() - t
+    t = time.perf_counter()
+    if len(det.candidates):
+        probs, vols = clf(det.crops)
+    else:
+        probs = vols = []
+    chamber_eq = cap.chamber.height_um / N_MEDIUM
+    calls = call_cells(det.candidates, probs, vols, clf.classes, chamber_eq_um=chamber_eq)
+    t_cls = time.perf_counter() - t
+    summary = summarise(calls, imaged_area_mm2=det.imaged_area_mm2,
+                        chamber_height_um=cap.chamber.height_um, dilution=cap.chamber.dilution,
+                        qc_flags=rec.flags)
+    details = {code: rec.flag_details.get(code, FLAG_TEXT.get(code, "")) for code in summary["flags"]}
+    plane = rec.plane
+    result: dict[str, Any] = {
+        "format": FORMAT,
+        "capture": str(cap.root),
+        "model": {"name": clf.info.name, "version": clf.info.version, "sha256": clf.info.sha256},
+        "calibration": {"id": opt.calibration_id,
+                        "sample_distance_um": round(plane.distance_um, 1)
+                        if plane and math.isfinite(plane.distance_um) else None},
+    }
+    result.update(summary)
+    result["flag_details"] = details
+    result["timing_s"] = {"total": round(time.perf_counter() - t0, 2),
+                          "reconstruction": round(t_rec, 2), "detection": round(t_det, 2),
+                          "classification": round(t_cls, 2)}
+    if opt.cells:
+        result["cells"] = cell_records(calls)
+    return result

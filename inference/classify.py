@@ -1,0 +1,98 @@
+"""The white-cell classifier: an ONNX model run by onnxruntime.
+
+A model is a folder entry ``NAME.onnx`` (INT8, shipped) with its model card
+``NAME.card.json`` (classes, input layout, accuracy); the FP32 twin
+``NAME.fp32.onnx`` is kept for comparison. The shipped model lives in
+``inference/models/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from holography.errors import HoloDiffError
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+DEFAULT_MODEL = MODELS_DIR / "wbc5.onnx"
+
+
+class ModelError(HoloDiffError):
+    """A classifier model is missing, unreadable or does not fit the analysis."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the result says about the model that made it."""
+
+    name: str
+    version: str
+    sha256: str
+    path: str
+    classes: tuple[str, ...]
+
+
+def _card_path(model: Path) -> Path:
+    stem = model.name.removesuffix(".onnx").removesuffix(".fp32")
+    return model.with_name(f"{stem}.card.json")
+
+
+class Classifier:
+    """An onnxruntime session of one model with its card.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.onnx`` file (its card sits beside it).
+    threads : int
+        Intra-op threads of the session.
+    """
+
+    def __init__(self, path: str | Path = DEFAULT_MODEL, *, threads: int = 1):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(f"classifier model {self.path} not found; reinstall HoloDiff or "
+                             "install a model bundle")
+        card = _card_path(self.path)
+        try:
+            self.card = json.loads(card.read_text())
+            self.classes = tuple(self.card["classes"])
+            self.channels = int(self.card["input"]["channels"])
+            self.size = int(self.card["input"]["size"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"model card {card} is missing or invalid ({exc}); reinstall the "
+                             "model") from None
+        data = self.path.read_bytes()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelError(f"classifier model {self.path} cannot be loaded ({exc}); "
+                             "reinstall the model") from None
+        self.info = ModelInfo(name=self.card.get("name", self.path.stem),
+                              version=str(self.card.get("version", "0")),
+                              sha256=hashlib.sha256(data).hexdigest(), path=str(self.path),
+                              classes=self.classes)
+
+    def __call__(self, crops: np.ndarray, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities (N, K) and volumes in fL (N,) of a crop stack."""
+        if crops.ndim != 4 or crops.shape[1:] != (self.channels, self.size, self.size):
+            raise ModelError(f"crops of shape {crops.shape[1:]} do not fit model {self.info.name} "
+                             f"({self.channels}, {self.size}, {self.size})")
+        probs = np.zeros((len(crops), len(self.classes)), np.float32)
+        vol = np.zeros(len(crops), np.float32)
+        for i in range(0, len(crops), batch):
+            p, v = self.session.run(None, {"crops": np.ascontiguousarray(crops[i:i + batch],
+                                                                          np.float32)})
+            probs[i:i + batch] = p
+            vol[i:i + batch] = v
+        return probs, vol

@@ -1,0 +1,430 @@
+"""Cell detection, per-cell refocus and the crops the classifier sees.
+
+From the focused fields of :func:`holography.reconstruct.reconstruct_capture`
+to a list of candidate objects, each refocused on its own depth and cut out as
+a fixed-size stack of channels on a fixed sample-plane grid, so that one model
+serves sensors of any pixel size.
+
+Steps
+-----
+1. Background: every LED's field is divided by its local background (a wide
+   Gaussian mean of the complex field), so an empty region is ``1 + 0i``.
+2. Detection map: the scattered energy ``|u - 1|^2`` summed over LEDs and
+   smoothed at the scale of a white cell. A white cell (optical path
+   difference ~0.3 um) scatters about a hundred times more than a platelet
+   (~0.03 um), so one threshold on the map, set from the map's own robust noise
+   level, keeps cells and drops most platelets and noise. Peaks closer than a
+   cell radius are merged.
+3. Refocus: each candidate's window is propagated over the chamber's depth
+   range; its depth is where the scattered field is most compact, i.e. where
+   the ratio ``sum|s| / sqrt(sum|s|^2)`` of ``s = u - 1`` is smallest. The
+   scattered energy is conserved by propagation while its spread is least in
+   focus, so the criterion holds for phase and absorbing objects alike (a
+   sparsity focus measure in the spirit of the L1-norm criteria compared by
+   Zhang et al., "Edge sparsity criterion for robust holographic autofocusing",
+   Opt. Lett. 42(19):3824, 2017).
+4. Crops: the refocused complex field of every LED, resampled to
+   :data:`CROP_PIXEL_UM` in the sample plane, as channels ``Re(u) - 1`` and
+   ``Im(u)`` (no phase unwrapping needed).
+5. Shape: the cell's extent from the refocused scattered energy; two or more
+   peaks in one blob, or a blob too large for one cell, mark a clump.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.ndimage as ndi
+
+from holography.propagation import fft2, ifft2, transfer_function
+from holography.reconstruct import Reconstruction, sensor_distance
+
+#: sample-plane pixel of a crop (um) and its size (pixels): 30 um across
+CROP_PIXEL_UM = 0.75
+CROP_SIZE = 40
+#: refocus window on the sensor grid (pixels)
+WINDOW_PX = 64
+#: depths searched above the fitted floor plane (sample distance, um, air-equivalent):
+#: a 100 um liquid layer is 75 um air-equivalent; beyond it lies the cover glass
+DEPTH_RANGE_UM = (-15.0, 200.0)
+COARSE_STEP_UM = 10.0
+FINE_STEP_UM = 2.5
+#: detection threshold in robust standard deviations of the detection map
+THRESHOLD_SD = 8.0
+#: smallest peak value of the detection map (mean |u-1|^2 at the cell scale) kept
+MIN_PEAK = 0.01
+#: cell scale (um) for smoothing and peak separation
+CELL_SIGMA_UM = 2.0
+PEAK_SEPARATION_UM = 6.0
+
+
+@dataclass(slots=True)
+class Candidate:
+    """One detected object.
+
+    ``x``, ``y`` are sensor pixel coordinates of the central-die frame;
+    ``distance_um`` is its own sample distance after refocus; ``depth_um`` is the
+    air-equivalent height above the fitted floor plane.
+    """
+
+    x: float
+    y: float
+    peak: float
+    distance_um: float = math.nan
+    depth_um: float = math.nan
+    sharpness: float = math.nan
+    area_um2: float = math.nan
+    diameter_um: float = math.nan
+    peaks_in_blob: int = 1
+    edge: bool = False
+    clump: bool = False
+
+
+def background_normalised(field: np.ndarray, *, sigma_px: float = 24.0) -> np.ndarray:
+    """``field`` divided by its local complex background (so that empty regions read 1)."""
+    h, w = field.shape
+    f = max(1, int(sigma_px // 6))
+    hh, ww = h // f * f, w // f * f
+    if f > 1 and hh and ww:
+        # the background varies slowly: smooth a block-averaged copy and interpolate it back
+        blocks = field[:hh, :ww].reshape(hh // f, f, ww // f, f).mean(axis=(1, 3))
+        re = ndi.gaussian_filter(blocks.real, sigma_px / f, mode="reflect")
+        im = ndi.gaussian_filter(blocks.imag, sigma_px / f, mode="reflect")
+        zoom = (h / re.shape[0], w / re.shape[1])
+        re = ndi.zoom(re, zoom, order=1, mode="nearest", grid_mode=True)
+        im = ndi.zoom(im, zoom, order=1, mode="nearest", grid_mode=True)
+    else:
+        re = ndi.gaussian_filter(field.real, sigma_px, mode="reflect")
+        im = ndi.gaussian_filter(field.imag, sigma_px, mode="reflect")
+    bg = (re + 1j * im).astype(np.complex64)
+    small = np.abs(bg) < 1e-6
+    bg[small] = 1.0
+    return (field / bg).astype(np.complex64)
+
+
+def detection_map(fields: dict[str, np.ndarray], pixel_um: float) -> np.ndarray:
+    """Scattered energy ``|u - 1|^2`` averaged over LEDs, smoothed at the cell scale."""
+    acc = None
+    for u in fields.values():
+        e = np.abs(u - np.complex64(1.0)) ** 2
+        acc = e if acc is None else acc + e
+    acc /= max(1, len(fields))
+    return ndi.gaussian_filter(acc, CELL_SIGMA_UM / pixel_um, mode="reflect")
+
+
+def find_peaks(emap: np.ndarray, pixel_um: float, *, threshold_sd: float = THRESHOLD_SD,
+               min_peak: float = MIN_PEAK) -> tuple[np.ndarray, float]:
+    """Local maxima of the detection map above its threshold.
+
+    Returns
+    -------
+    (N, 3) array of (row, col, value), and the threshold used.
+    """
+    sample = emap[::4, ::4]
+    med = float(np.median(sample))
+    mad = float(np.median(np.abs(sample - med))) * 1.4826
+    thr = max(med + threshold_sd * mad, min_peak)
+    size = max(3, int(round(PEAK_SEPARATION_UM / pixel_um)) | 1)
+    mx = ndi.maximum_filter(emap, size=size, mode="nearest")
+    rr, cc = np.nonzero((emap == mx) & (emap > thr))
+    vals = emap[rr, cc]
+    order = np.argsort(vals)[::-1]
+    return np.stack([rr[order], cc[order], vals[order]], axis=1), thr
+
+
+def _subpixel(emap: np.ndarray, r: int, c: int) -> tuple[float, float]:
+    h, w = emap.shape
+    if 0 < r < h - 1 and 0 < c < w - 1:
+        win = emap[r - 1:r + 2, c - 1:c + 2].astype(np.float64)
+        dy = 0.5 * (win[0, 1] - win[2, 1]) / (win[0, 1] - 2 * win[1, 1] + win[2, 1] + 1e-12)
+        dx = 0.5 * (win[1, 0] - win[1, 2]) / (win[1, 0] - 2 * win[1, 1] + win[1, 2] + 1e-12)
+        return r + float(np.clip(dy, -0.5, 0.5)), c + float(np.clip(dx, -0.5, 0.5))
+    return float(r), float(c)
+
+
+def _window(field: np.ndarray, r: int, c: int, n: int) -> np.ndarray:
+    """An ``n x n`` window centred on (r, c), edge-padded where it leaves the frame."""
+    h, w = field.shape
+    r0, c0 = r - n // 2, c - n // 2
+    if r0 >= 0 and c0 >= 0 and r0 + n <= h and c0 + n <= w:
+        return field[r0:r0 + n, c0:c0 + n].copy()
+    rows = np.clip(np.arange(r0, r0 + n), 0, h - 1)
+    cols = np.clip(np.arange(c0, c0 + n), 0, w - 1)
+    return field[np.ix_(rows, cols)]
+
+
+def _taper(n: int) -> np.ndarray:
+    edge = n // 8
+    t = np.ones(n, np.float32)
+    ramp = 0.5 - 0.5 * np.cos(np.linspace(0, math.pi, edge, dtype=np.float32))
+    t[:edge] = ramp
+    t[-edge:] = ramp[::-1]
+    return np.outer(t, t)
+
+
+class Refocuser:
+    """Propagates small windows of the focused fields to other depths.
+
+    Transfer functions of the window size are cached per LED and depth, so the
+    cost per cell is one forward FFT per LED and one inverse FFT per depth tried.
+    """
+
+    def __init__(self, rec: Reconstruction, wavelengths_nm: dict[str, float], sensor_pitch_um: float,
+                 source_distance_um: float, *, window_px: int = WINDOW_PX):
+        self.rec = rec
+        self.wl = wavelengths_nm
+        self.p = sensor_pitch_um
+        self.z1 = source_distance_um
+        self.n = window_px
+        self.taper = _taper(window_px)
+
+    def _kernels(self, led: str, plane_um: float, distances_um: np.ndarray) -> np.ndarray:
+        d0 = sensor_distance(plane_um, self.z1)
+        out = np.empty((len(distances_um), self.n, self.n), np.complex64)
+        for i, z in enumerate(distances_um):
+            # the window was focused at plane_um; propagate by the sensor-equivalent difference
+            dz = round(2.0 * (sensor_distance(float(z), self.z1) - d0)) / 2.0
+            out[i] = transfer_function((self.n, self.n), pitch_um=self.p, wavelength_nm=self.wl[led],
+                                       distance_um=-dz)
+        return out
+
+    def spectra(self, fields: dict[str, np.ndarray], r: int, c: int) -> dict[str, np.ndarray]:
+        """Forward spectra of each LED's tapered window ``u - 1`` around (r, c)."""
+        out = {}
+        for led, u in fields.items():
+            s = _window(u, r, c, self.n) - np.complex64(1.0)
+            out[led] = fft2((s * self.taper).astype(np.complex64))
+        return out
+
+    def stack(self, spectra: dict[str, np.ndarray], plane_um: dict[str, float],
+              distances_um: np.ndarray) -> dict[str, np.ndarray]:
+        """Scattered field ``s`` of every LED at each distance: LED -> (Z, n, n)."""
+        out = {}
+        for led, spec in spectra.items():
+            k = self._kernels(led, plane_um[led], distances_um)
+            out[led] = ifft2(spec[None] * k, overwrite=True)
+        return out
+
+
+def compactness(s: np.ndarray, core: int) -> np.ndarray:
+    """``sum|s| / sqrt(sum|s|^2)`` over the central ``core`` pixels of each plane (lower = sharper)."""
+    n = s.shape[-1]
+    a = (n - core) // 2
+    m = np.abs(s[..., a:a + core, a:a + core])
+    return m.sum(axis=(-1, -2)) / np.sqrt((m * m).sum(axis=(-1, -2)) + 1e-12)
+
+
+def refocus_candidate(ref: Refocuser, spectrum: np.ndarray, led: str, plane_um: float,
+                      floor_um: float, *, depth_range_um: tuple[float, float] = DEPTH_RANGE_UM,
+                      core: int = 24) -> tuple[float, float]:
+    """Own sample distance of a candidate from one LED's window spectrum (coarse then fine).
+
+    Returns
+    -------
+    (distance_um, sharpness)
+        Sharpness is the compactness at the floor plane over the best one (>= 1).
+    """
+    spectra, planes = {led: spectrum}, {led: plane_um}
+    coarse = floor_um + np.arange(depth_range_um[0], depth_range_um[1] + 1e-6, COARSE_STEP_UM)
+    crit = compactness(ref.stack(spectra, planes, coarse)[led], core)
+    i = int(np.argmin(crit))
+    fine = coarse[i] + np.arange(-COARSE_STEP_UM, COARSE_STEP_UM + 1e-6, FINE_STEP_UM)
+    cf = compactness(ref.stack(spectra, planes, fine)[led], core)
+    j = int(np.argmin(cf))
+    z = float(fine[j])
+    if 0 < j < len(fine) - 1:
+        den = cf[j - 1] - 2 * cf[j] + cf[j + 1]
+        if den > 0:
+            z += float(np.clip(0.5 * (cf[j - 1] - cf[j + 1]) / den, -0.5, 0.5)) * FINE_STEP_UM
+    at_floor = float(crit[int(np.argmin(np.abs(coarse - floor_um)))])
+    return z, at_floor / float(cf[j])
+
+
+#: channel slots by wavelength band (nm): one model input layout whatever the LEDs are named
+SLOTS = (("blue", 400.0, 500.0), ("green", 500.0, 580.0), ("red", 580.0, 700.0))
+N_CHANNELS = 2 * len(SLOTS)
+#: most candidates analysed in one capture (a guard against a frame of noise)
+MAX_CANDIDATES = 20000
+
+
+def slot_of(wavelength_nm: float) -> int | None:
+    """Channel slot of an LED by its wavelength (None: outside every band)."""
+    for i, (_, lo, hi) in enumerate(SLOTS):
+        if lo <= wavelength_nm < hi:
+            return i
+    return None
+
+
+@dataclass(slots=True)
+class Detections:
+    """Candidates of one capture with their crops.
+
+    ``crops`` is (N, N_CHANNELS, CROP_SIZE, CROP_SIZE) float32: per slot
+    ``Re(u) - 1`` and ``Im(u)`` of the refocused field on a CROP_PIXEL_UM grid.
+    ``slots_present`` says which wavelength slots had a field.
+    """
+
+    candidates: list[Candidate]
+    crops: np.ndarray
+    slots_present: tuple[bool, ...]
+    threshold: float
+    pixel_um: float
+    imaged_area_mm2: float
+
+
+def _resample(s: np.ndarray, cy: float, cx: float, step_px: float) -> np.ndarray:
+    """CROP_SIZE^2 samples of a complex window around (cy, cx) at ``step_px`` window pixels."""
+    k = (np.arange(CROP_SIZE) - (CROP_SIZE - 1) / 2) * step_px
+    yy = cy + k[:, None] + 0 * k[None, :]
+    xx = cx + 0 * k[:, None] + k[None, :]
+    coords = np.stack([yy, xx])
+    re = ndi.map_coordinates(s.real, coords, order=3, mode="nearest")
+    im = ndi.map_coordinates(s.imag, coords, order=3, mode="nearest")
+    return re + 1j * im
+
+
+def _blobs(emap: np.ndarray, thr: float, peaks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Connected regions of the map above half the threshold: peaks per region, region area (px)."""
+    lab, n = ndi.label(emap > 0.5 * thr)
+    ids = lab[peaks[:, 0].astype(int), peaks[:, 1].astype(int)]
+    per_region = np.bincount(ids, minlength=n + 1)
+    area = np.bincount(lab.ravel(), minlength=n + 1)
+    return per_region[ids], area[ids]
+
+
+def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, sensor_pitch_um: float,
+                 source_distance_um: float, threshold_sd: float = THRESHOLD_SD,
+                 progress=None, chunk: int = 64) -> Detections:
+    """Find, refocus and crop every candidate object of a reconstruction.
+
+    Candidates are processed in chunks: the windows of a chunk are transformed
+    in one batched FFT, the depth search of the whole chunk is one batched
+    inverse FFT per step set.
+
+    Parameters
+    ----------
+    rec : Reconstruction
+        Focused fields (``keep_fields=True``) and the fitted plane.
+    wavelengths_nm : dict
+        LED name -> wavelength.
+    sensor_pitch_um, source_distance_um : float
+        From the capture's metadata.
+    threshold_sd : float
+        Detection threshold in robust SDs of the detection map.
+    progress : callable, optional
+        Called with (done, total) while candidates are refocused.
+    chunk : int
+        Candidates per batch.
+    """
+    fields = {led: background_normalised(u) for led, u in rec.fields.items()}
+    slots = {}
+    for led in fields:
+        s = slot_of(wavelengths_nm[led])
+        if s is not None and s not in slots.values():
+            slots[led] = s
+    fields = {led: u for led, u in fields.items() if led in slots}
+    h, w = next(iter(fields.values())).shape if fields else (0, 0)
+    area = h * w * rec.pixel_um ** 2 * 1e-6
+    present = tuple(i in slots.values() for i in range(len(SLOTS)))
+    empty = np.zeros((0, N_CHANNELS, CROP_SIZE, CROP_SIZE), np.float32)
+    if not fields or rec.plane is None:
+        return Detections([], empty, present, math.nan, rec.pixel_um, area)
+    emap = detection_map(fields, rec.pixel_um)
+    peaks, thr = find_peaks(emap, rec.pixel_um, threshold_sd=threshold_sd)
+    peaks = peaks[:MAX_CANDIDATES]
+    if not len(peaks):
+        return Detections([], empty, present, thr, rec.pixel_um, area)
+    n_in_blob, blob_area = _blobs(emap, thr, peaks)
+    ref = Refocuser(rec, wavelengths_nm, sensor_pitch_um, source_distance_um)
+    focus_led = rec.focus_led if rec.focus_led in fields else next(iter(fields))
+    leds = list(fields)
+    n = ref.n
+    o = n // 2
+    px_mm = rec.pixel_um / 1000.0
+    step = CROP_PIXEL_UM / rec.pixel_um
+    edge_px = 8.0 / rec.pixel_um
+    cell_px = (PEAK_SEPARATION_UM / rec.pixel_um) ** 2 * math.pi
+    rad = int(round(6.0 / rec.pixel_um))
+    yy, xx = np.mgrid[-rad:rad + 1, -rad:rad + 1]
+    sub = int(math.ceil(CROP_SIZE * step / 2 + 3))  # half size of the sub-window resampled
+    crops = np.zeros((len(peaks), N_CHANNELS, CROP_SIZE, CROP_SIZE), np.float32)
+    cands: list[Candidate] = []
+    offsets = {led: rec.led_distance_um[led] - rec.plane.distance_um for led in leds}
+    coarse_rel = np.arange(DEPTH_RANGE_UM[0], DEPTH_RANGE_UM[1] + 1e-6, COARSE_STEP_UM)
+    fine_rel = np.arange(-COARSE_STEP_UM, COARSE_STEP_UM + 1e-6, FINE_STEP_UM)
+    for k0 in range(0, len(peaks), chunk):
+        pk = peaks[k0:k0 + chunk]
+        m = len(pk)
+        rows, cols = pk[:, 0].astype(int), pk[:, 1].astype(int)
+        # the plane under each cell (the chamber may be tilted)
+        local = np.array([rec.plane.at((c - w / 2) * px_mm, (r - h / 2) * px_mm)
+                          for r, c in zip(rows, cols, strict=True)])
+        win = np.empty((m, len(leds), n, n), np.complex64)
+        for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
+            for j, led in enumerate(leds):
+                win[i, j] = _window(fields[led], r, c, n)
+        win -= np.complex64(1.0)
+        win *= ref.taper
+        spec = fft2(win)
+        del win
+        jf = leds.index(focus_led)
+        # coarse search, focus LED: the transfer functions depend on each cell's plane
+        crit = np.empty((m, len(coarse_rel)), np.float64)
+        stack = np.empty((m, len(coarse_rel), n, n), np.complex64)
+        for i in range(m):
+            stack[i] = spec[i, jf][None] * ref._kernels(focus_led, local[i] + offsets[focus_led],
+                                                        local[i] + coarse_rel)
+        crit[:] = compactness(ifft2(stack, overwrite=True), 24)
+        best = coarse_rel[np.argmin(crit, axis=1)]
+        at_floor = crit[:, int(np.argmin(np.abs(coarse_rel)))]
+        stack = np.empty((m, len(fine_rel), n, n), np.complex64)
+        for i in range(m):
+            stack[i] = spec[i, jf][None] * ref._kernels(focus_led, local[i] + offsets[focus_led],
+                                                        local[i] + best[i] + fine_rel)
+        cf = compactness(ifft2(stack, overwrite=True), 24)
+        del stack
+        z = np.empty(m)
+        for i in range(m):
+            j = int(np.argmin(cf[i]))
+            z[i] = local[i] + best[i] + fine_rel[j]
+            if 0 < j < len(fine_rel) - 1:
+                den = cf[i, j - 1] - 2 * cf[i, j] + cf[i, j + 1]
+                if den > 0:
+                    z[i] += float(np.clip(0.5 * (cf[i, j - 1] - cf[i, j + 1]) / den, -0.5, 0.5)) \
+                        * FINE_STEP_UM
+        # every LED at the cell's own depth
+        final = np.empty((m, len(leds), n, n), np.complex64)
+        for i in range(m):
+            for j, led in enumerate(leds):
+                final[i, j] = spec[i, j] * ref._kernels(led, local[i] + offsets[led],
+                                                        np.array([z[i] + offsets[led]]))[0]
+        final = ifft2(final, overwrite=True)
+        for i in range(m):
+            k = k0 + i
+            g = np.abs(final[i, jf, o - rad:o + rad + 1, o - rad:o + rad + 1]) ** 2
+            tot = float(g.sum())
+            dy = float((g * yy).sum() / tot) if tot > 0 else 0.0
+            dx = float((g * xx).sum() / tot) if tot > 0 else 0.0
+            for j, led in enumerate(leds):
+                part = final[i, j, o - sub:o + sub + 1, o - sub:o + sub + 1]
+                patch = _resample(part, sub + dy, sub + dx, step)
+                sl = slots[led]
+                crops[k, 2 * sl] = patch.real
+                crops[k, 2 * sl + 1] = patch.imag
+            gs = np.hypot(crops[k, 2 * slots[focus_led]], crops[k, 2 * slots[focus_led] + 1])
+            half = gs > 0.5 * gs.max() if gs.max() > 0 else gs > 0
+            a_um2 = float(half.sum()) * CROP_PIXEL_UM ** 2
+            yc, xc = rows[i] + dy, cols[i] + dx
+            cands.append(Candidate(
+                x=float(xc), y=float(yc), peak=float(pk[i, 2]), distance_um=float(z[i]),
+                depth_um=float(z[i] - local[i]), sharpness=float(at_floor[i] / cf[i].min()),
+                area_um2=a_um2, diameter_um=2.0 * math.sqrt(a_um2 / math.pi),
+                peaks_in_blob=int(n_in_blob[k]),
+                edge=bool(xc < edge_px or yc < edge_px or xc > w - 1 - edge_px
+                          or yc > h - 1 - edge_px),
+                clump=bool(n_in_blob[k] >= 2 or blob_area[k] > 4.0 * cell_px)))
+        if progress is not None:
+            progress(min(k0 + chunk, len(peaks)), len(peaks))
+    return Detections(cands, crops, present, thr, rec.pixel_um, area)

@@ -1,0 +1,234 @@
+"""Accuracy of the analysis on held-out simulated captures (``holodiff evaluate``).
+
+Test captures are simulated under the ``test`` conditions of
+:mod:`inference.dataset` (air gap, LED bandwidths, pinhole, source distance and
+read noise from intervals that training never used; other seeds), on all three
+sensors, from ordinary blood presets. Each is analysed by the instrument's
+pipeline; every model given is run on the same crops. The report gives, per
+model:
+
+- detection recall and precision of white cells (one-to-one matching within
+  :data:`inference.dataset.MATCH_UM`);
+- per-cell 5-part and 3-part accuracy with confusion matrices (rows truth,
+  columns call; cells rejected as "low confidence" are counted as errors);
+- volume error of correctly detected white cells (median absolute percent);
+- WBC per uL against the count implied by the imaged volume and the truth;
+- coverage of the 95 % Wilson intervals: how often each capture's interval
+  holds the sample's true proportion;
+- MDW against the truth's monocyte volume SD where enough monocytes were seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from holography.sample import N_MEDIUM, WBC_CLASSES
+from holography.simulate import simulate_capture
+from inference.classify import Classifier
+from inference.dataset import SEED_BASE, analyse_for_training, match, random_config
+from inference.result import MDW_MIN_MONOCYTES, THREE_PART, call_cells, summarise
+
+SENSORS_CYCLE = ("imx477", "imx708", "imx219")
+PRESETS_CYCLE = ("healthy", "random", "septic", "lymphocytosis", "eosinophilia", "random")
+GRAN = {c: g for g, members in THREE_PART.items() for c in members}
+
+
+def make_test_captures(out: Path, n: int, *, size: int, start: int = 0, log=print) -> list[Path]:
+    """Simulate (or reuse) ``n`` held-out test captures under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(start, start + n):
+        seed = SEED_BASE["test"] + 100_000 + i
+        rng = np.random.default_rng(seed)
+        sensor = SENSORS_CYCLE[i % len(SENSORS_CYCLE)]
+        preset = PRESETS_CYCLE[(i // len(SENSORS_CYCLE)) % len(PRESETS_CYCLE)]
+        cfg = random_config(rng, "test", size=(size, size) if size else None, sensor=sensor)
+        path = out / f"test-{i:04d}-{sensor}-{preset}-{size or 'full'}"
+        if not (path / "truth.json").exists():
+            t = time.perf_counter()
+            simulate_capture(path, preset=preset, seed=seed, config=cfg)
+            log(f"simulated {path.name} in {time.perf_counter() - t:.0f} s")
+        paths.append(path)
+    return paths
+
+
+def _confusion(pairs: list[tuple[int, int]], k: int) -> np.ndarray:
+    m = np.zeros((k, k + 1), np.int64)  # last column: not classified (low confidence)
+    for t, c in pairs:
+        m[t, c] += 1
+    return m
+
+
+def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print) -> dict[str, Any]:
+    """Run every model on every capture's crops; compare with the truth."""
+    K = len(WBC_CLASSES)
+    acc: dict[str, dict[str, Any]] = {
+        name: {"pairs": [], "vol_err": [], "wbc_ratio": [], "coverage5": [], "coverage3": [],
+               "mdw": [], "tp": 0, "fp": 0, "fn": 0, "crops_per_s": []}
+        for name in models}
+    for path in captures:
+        t0 = time.perf_counter()
+        det, truth, shape = analyse_for_training(path)
+        t_pipe = time.perf_counter() - t0
+        meta = json.loads((path / "capture.json").read_text())
+        chamber = meta["chamber"]
+        objs = truth["objects"]
+        xy = np.array([[c.x, c.y] for c in det.candidates]).reshape(-1, 2)
+        idx, wbc_truth = match(xy, truth, det.pixel_um, shape)
+        z1 = truth["optics"]["source_distance_um"]
+        m_true = (z1 + truth["optics"]["floor_distance_um"]) / z1
+        pitch = meta["sensor"]["pixel_pitch_um"]
+        area_true = shape[0] * shape[1] * (pitch / m_true) ** 2 * 1e-6
+        blood_true = area_true * chamber["height_um"] * 1e-3 / chamber["dilution"]
+        implied = len(wbc_truth) / blood_true
+        spec_diff = truth["sample"]["differential"] if isinstance(truth["sample"], dict) else None
+        for name, clf in models.items():
+            a = acc[name]
+            t = time.perf_counter()
+            probs, vols = clf(det.crops) if len(det.candidates) else (np.zeros((0, 6)), np.zeros(0))
+            a["crops_per_s"].append(len(det.candidates) / max(time.perf_counter() - t, 1e-9))
+            calls = call_cells(det.candidates, probs, vols, clf.classes,
+                               chamber_eq_um=chamber["height_um"] / N_MEDIUM)
+            s = summarise(calls, imaged_area_mm2=det.imaged_area_mm2,
+                          chamber_height_um=chamber["height_um"], dilution=chamber["dilution"],
+                          qc_flags=[])
+            called_wbc = set()
+            for k, c in enumerate(calls):
+                j = idx[k]
+                is_wbc_call = c.cls is not None or c.reject_reason == "low confidence"
+                truth_wbc = j >= 0 and objs[j]["kind"] in WBC_CLASSES
+                if is_wbc_call and truth_wbc:
+                    a["tp"] += 1
+                    called_wbc.add(j)
+                    t_i = WBC_CLASSES.index(objs[j]["kind"])
+                    c_i = WBC_CLASSES.index(c.cls) if c.cls else K
+                    a["pairs"].append((t_i, c_i))
+                    if c.cls:
+                        tv = objs[j]["volume_fl"]
+                        a["vol_err"].append(100.0 * (c.volume_fl - tv) / tv)
+                elif is_wbc_call:
+                    a["fp"] += 1
+            a["fn"] += sum(1 for j in wbc_truth if j not in called_wbc)
+            if s["wbc_per_uL"] and implied > 0:
+                a["wbc_ratio"].append(s["wbc_per_uL"] / implied)
+            n = s["cells_classified"]
+            if spec_diff and n >= 20:
+                for cls in WBC_CLASSES:
+                    lo, hi = s["differential_5part_ci95"][cls]
+                    a["coverage5"].append(lo - 0.05 <= 100 * spec_diff[cls] <= hi + 0.05)
+                for g, members in THREE_PART.items():
+                    lo, hi = s["differential_3part_ci95"][g]
+                    a["coverage3"].append(lo - 0.05 <= 100 * sum(spec_diff[m] for m in members)
+                                          <= hi + 0.05)
+            mono_true = [o["volume_fl"] for o in objs if o["kind"] == "monocyte"
+                         and 0 <= o["x_px"] < shape[1] and 0 <= o["y_px"] < shape[0]]
+            if s["mdw"]["sd_fl"] is not None and len(mono_true) >= MDW_MIN_MONOCYTES:
+                a["mdw"].append((s["mdw"]["sd_fl"], float(np.std(mono_true, ddof=1))))
+        log(f"{path.name}: {len(det.candidates)} candidates, {len(wbc_truth)} white cells in "
+            f"truth, pipeline {t_pipe:.1f} s")
+    return {name: _report(a) for name, a in acc.items()}
+
+
+def _report(a: dict[str, Any]) -> dict[str, Any]:
+    K = len(WBC_CLASSES)
+    cm = _confusion(a["pairs"], K)
+    n = int(cm.sum())
+    correct5 = int(np.trace(cm[:, :K]))
+    gran = [GRAN[c] for c in WBC_CLASSES]
+    correct3 = sum(int(cm[t, c]) for t in range(K) for c in range(K) if gran[t] == gran[c])
+    per_class = {}
+    for i, cls in enumerate(WBC_CLASSES):
+        row = int(cm[i].sum())
+        col = int(cm[:, i].sum())
+        per_class[cls] = {"n": row, "recall": round(cm[i, i] / row, 4) if row else None,
+                          "precision": round(cm[i, i] / col, 4) if col else None}
+    tp, fp, fn = a["tp"], a["fp"], a["fn"]
+    ratio = np.array(a["wbc_ratio"])
+    mdw = np.array(a["mdw"]).reshape(-1, 2)
+    return {
+        "cells": n,
+        "detection": {"recall": round(tp / (tp + fn), 4) if tp + fn else None,
+                      "precision": round(tp / (tp + fp), 4) if tp + fp else None,
+                      "true_positives": tp, "false_positives": fp, "missed": fn},
+        "accuracy_5part": round(correct5 / n, 4) if n else None,
+        "accuracy_3part": round(correct3 / n, 4) if n else None,
+        "per_class": per_class,
+        "confusion_5part": {"rows_truth": list(WBC_CLASSES),
+                            "columns_call": [*WBC_CLASSES, "unclassified"],
+                            "matrix": cm.tolist()},
+        "volume_median_abs_error_pct": round(float(np.median(np.abs(a["vol_err"]))), 2)
+        if a["vol_err"] else None,
+        "volume_median_bias_pct": round(float(np.median(a["vol_err"])), 2) if a["vol_err"] else None,
+        "wbc_per_uL_ratio": {"median": round(float(np.median(ratio)), 4),
+                             "worst_abs_error_pct": round(float(np.max(np.abs(ratio - 1))) * 100, 2)}
+        if len(ratio) else None,
+        "ci_coverage_5part": round(float(np.mean(a["coverage5"])), 3) if a["coverage5"] else None,
+        "ci_coverage_3part": round(float(np.mean(a["coverage3"])), 3) if a["coverage3"] else None,
+        "ci_coverage_intervals": len(a["coverage5"]) + len(a["coverage3"]),
+        "mdw": {"captures": int(len(mdw)),
+                "median_error_pct": round(float(np.median(100 * (mdw[:, 0] / mdw[:, 1] - 1))), 2)}
+        if len(mdw) else None,
+        "crops_per_s": round(float(np.median(a["crops_per_s"])), 0) if a["crops_per_s"] else None,
+    }
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    """Plain-text summary of :func:`evaluate`'s report."""
+    lines = []
+    for name, r in rep.items():
+        d = r["detection"]
+        lines.append(f"model {name}: {r['cells']} white cells matched")
+        lines.append(f"  detection recall {d['recall']}, precision {d['precision']} "
+                     f"({d['missed']} missed, {d['false_positives']} false)")
+        lines.append(f"  accuracy 5-part {r['accuracy_5part']}, 3-part {r['accuracy_3part']}")
+        for cls, v in r["per_class"].items():
+            lines.append(f"    {cls:<11} n={v['n']:<5} recall {v['recall']}  precision {v['precision']}")
+        lines.append("  confusion (rows truth, columns call; last column unclassified):")
+        for cls, row in zip(WBC_CLASSES, r["confusion_5part"]["matrix"], strict=True):
+            lines.append(f"    {cls:<11} " + " ".join(f"{v:6d}" for v in row))
+        lines.append(f"  volume: median |error| {r['volume_median_abs_error_pct']} %, "
+                     f"median bias {r['volume_median_bias_pct']} %")
+        lines.append(f"  WBC/uL vs implied by truth: {r['wbc_per_uL_ratio']}")
+        lines.append(f"  95 % CI coverage: 5-part {r['ci_coverage_5part']}, 3-part "
+                     f"{r['ci_coverage_3part']} ({r['ci_coverage_intervals']} intervals)")
+        lines.append(f"  MDW: {r['mdw']}")
+        lines.append(f"  classifier throughput {r['crops_per_s']} crops/s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``holodiff evaluate``: simulate held-out captures and report the accuracy."""
+    import argparse
+    import sys
+
+    from inference.classify import DEFAULT_MODEL
+
+    ap = argparse.ArgumentParser(prog="holodiff evaluate", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="held-out", help="folder of the test captures (reused)")
+    ap.add_argument("--captures", type=int, default=18)
+    ap.add_argument("--size", type=int, default=1024, help="frame size (0: full sensor)")
+    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--model", action="append", help="model .onnx (repeatable; default: the "
+                                                     "shipped INT8 model and its FP32 twin)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    def log(m: str) -> None:
+        print(m, file=sys.stderr, flush=True)
+
+    paths = args.model or [str(DEFAULT_MODEL), str(DEFAULT_MODEL.with_suffix(".fp32.onnx"))]
+    models = {Path(p).name: Classifier(p) for p in paths if Path(p).exists()}
+    caps = make_test_captures(Path(args.out), args.captures, size=args.size, start=args.start,
+                              log=log)
+    rep = evaluate(caps, models, log=log)
+    if args.json:
+        print(json.dumps(rep, indent=1))
+    else:
+        print(format_report(rep))
+    return 0 if all(math.isfinite(r["accuracy_5part"] or math.nan) for r in rep.values()) else 1

@@ -1,0 +1,218 @@
+"""From classified cells to the ``holodiff-result/1`` object (INTERFACES.md section 2).
+
+Counts, 5-part and 3-part differentials with 95 % Wilson score intervals,
+WBC concentration, per-cell volume, MDW with its interval, and QC flags.
+
+Figures and limits
+------------------
+- Confidence intervals: Wilson score interval for a binomial proportion
+  (Wilson, J. Am. Stat. Assoc. 22:209, 1927; recommended over the Wald interval
+  by Brown, Cai & DasGupta, Stat. Sci. 16(2):101, 2001). It reflects counting
+  statistics only; classification errors are measured separately (README).
+- WBC per uL of blood: white cells counted / (imaged sample-plane area x
+  chamber height / dilution).
+- MDW: standard deviation of the monocyte volumes (fL), reported from
+  :data:`MDW_MIN_MONOCYTES` monocytes up; its 95 % interval is the chi-square
+  interval of a normal SD. Crouser et al. (Crit. Care Med. 47(8):1018, 2019)
+  used an MDW cut-off of 20 on the Beckman DxH scale, whose healthy values lie
+  near 16-19; our limit :data:`MDW_HIGH_CV_PCT` is set the same way on our
+  scale (healthy monocyte volume CV about 14 %) and is provisional until a
+  clinical study sets it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from holography.sample import WBC_CLASSES
+
+FORMAT = "holodiff-result/1"
+THREE_PART = {"lymphocyte": ("lymphocyte",), "monocyte": ("monocyte",),
+              "granulocyte": ("neutrophil", "eosinophil", "basophil")}
+
+#: a crop whose best white-cell probability is below this is not counted ("low confidence")
+MIN_CONFIDENCE = 0.5
+#: fewer counted white cells than this: EMPTY_CHAMBER
+EMPTY_MAX_CELLS = 5
+#: fewer counted white cells than this: LOW_COUNT (a 200-cell count is the least a differential is
+#: read from; CLSI H20-A2 uses 400 for its reference method)
+LOW_COUNT_CELLS = 200
+#: more than this fraction of white cells touching others: CLUMPS
+CLUMP_LIMIT = 0.10
+#: more non-white-cell objects than this many per counted white cell: DEBRIS
+DEBRIS_PER_WBC = 3.0
+#: more than this fraction of white-cell candidates left unclassified: LOW_CONFIDENCE
+LOW_CONFIDENCE_LIMIT = 0.10
+MDW_MIN_MONOCYTES = 30
+MDW_HIGH_CV_PCT = 20.0
+#: a candidate deeper than the chamber by this much (air-equivalent um) sits on a window
+OUTSIDE_MARGIN_UM = 12.0
+#: larger than this (um) is not one white cell (bubble, big debris)
+MAX_DIAMETER_UM = 20.0
+
+FLAG_TEXT = {
+    "EMPTY_CHAMBER": "No cells found: the chamber is empty or was not filled. Fill a new chamber "
+                     "with the sample and repeat the test.",
+    "LOW_COUNT": "Too few white cells counted for a reliable differential. Repeat with a new "
+                 "sample; if the count stays low, confirm with the laboratory.",
+    "SATURATED": "The image was over-exposed. Repeat the test; if it happens again, call service.",
+    "DARK_FRAME": "A light did not switch on. Repeat the test; if it happens again, call service.",
+    "OUT_OF_FOCUS": "The sample could not be brought into focus. Reseat the chamber and repeat "
+                    "the test.",
+    "CLUMPS": "Many white cells are clumped together: the differential may be wrong. Mix the "
+              "sample gently, fill a new chamber and repeat.",
+    "DEBRIS": "Much debris or many non-white-cell particles in the sample. Use a fresh sample and "
+              "a clean chamber, then repeat.",
+    "MDW_HIGH": "Monocyte distribution width is high: sepsis screen positive. Tell the doctor now.",
+    "LOW_CONFIDENCE": "Many cells could not be classified with confidence. Repeat the test; if it "
+                      "happens again, send the sample to the laboratory.",
+}
+
+
+def wilson_interval(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``k / n`` (as fractions)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    z = float(stats.norm.ppf(0.5 + conf / 2))
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def sd_interval(sd: float, n: int, conf: float = 0.95) -> tuple[float, float]:
+    """Chi-square confidence interval of a standard deviation from ``n`` normal values."""
+    df = n - 1
+    lo = sd * math.sqrt(df / stats.chi2.ppf(0.5 + conf / 2, df))
+    hi = sd * math.sqrt(df / stats.chi2.ppf(0.5 - conf / 2, df))
+    return lo, hi
+
+
+def _rounded_percentages(counts: dict[str, int]) -> dict[str, float]:
+    """Percentages to 0.1 that sum to exactly 100 (largest remainder)."""
+    n = sum(counts.values())
+    if n == 0:
+        return {k: 0.0 for k in counts}
+    tenths = {k: 1000.0 * v / n for k, v in counts.items()}
+    floor = {k: math.floor(v) for k, v in tenths.items()}
+    short = 1000 - sum(floor.values())
+    for k in sorted(tenths, key=lambda k: tenths[k] - floor[k], reverse=True)[:short]:
+        floor[k] += 1
+    return {k: v / 10.0 for k, v in floor.items()}
+
+
+@dataclass(slots=True)
+class CellCall:
+    """One candidate after classification."""
+
+    x: float
+    y: float
+    cls: str | None
+    confidence: float
+    diameter_um: float
+    volume_fl: float
+    depth_um: float
+    clump: bool
+    reject_reason: str | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+
+
+def call_cells(candidates: list, probs: np.ndarray, volumes: np.ndarray, classes: tuple[str, ...],
+               *, chamber_eq_um: float, min_confidence: float = MIN_CONFIDENCE) -> list[CellCall]:
+    """Decide, per candidate, its class or why it is not counted."""
+    wbc_idx = [classes.index(c) for c in WBC_CLASSES]
+    calls = []
+    for c, p, v in zip(candidates, probs, volumes, strict=True):
+        best = int(np.argmax(p))
+        w = int(wbc_idx[int(np.argmax(p[wbc_idx]))])
+        reason = None
+        if c.depth_um > chamber_eq_um + OUTSIDE_MARGIN_UM:
+            reason = "outside the chamber (dust on a window)"
+        elif c.diameter_um > MAX_DIAMETER_UM:
+            reason = "too large for a white cell"
+        elif best not in wbc_idx:
+            reason = "not a white cell"
+        elif float(p[w]) < min_confidence:
+            reason = "low confidence"
+        calls.append(CellCall(
+            x=c.x, y=c.y, cls=None if reason else classes[w], confidence=float(p[w]),
+            diameter_um=c.diameter_um, volume_fl=float(v), depth_um=c.depth_um, clump=c.clump,
+            reject_reason=reason, probabilities={k: float(q) for k, q in zip(classes, p, strict=True)}))
+    return calls
+
+
+def summarise(calls: list[CellCall], *, imaged_area_mm2: float, chamber_height_um: float,
+              dilution: float, qc_flags: list[str]) -> dict[str, Any]:
+    """Counts, differentials with intervals, concentration, MDW and flags."""
+    counted = [c for c in calls if c.cls is not None]
+    counts = {k: sum(1 for c in counted if c.cls == k) for k in WBC_CLASSES}
+    n = len(counted)
+    diff5 = _rounded_percentages(counts)
+    ci5 = {k: [round(100 * b, 1) for b in wilson_interval(counts[k], n)] for k in WBC_CLASSES}
+    c3 = {k: sum(counts[m] for m in members) for k, members in THREE_PART.items()}
+    diff3 = _rounded_percentages(c3)
+    ci3 = {k: [round(100 * b, 1) for b in wilson_interval(c3[k], n)] for k in THREE_PART}
+    low_conf = sum(1 for c in calls if c.reject_reason == "low confidence")
+    # the concentration counts every white cell, classified or not
+    n_wbc = n + low_conf
+    blood_uL = imaged_area_mm2 * chamber_height_um * 1e-3 / dilution
+    wbc_per_uL = n_wbc / blood_uL if blood_uL > 0 else math.nan
+    mono = np.array([c.volume_fl for c in counted if c.cls == "monocyte"])
+    mdw: dict[str, Any] = {"sd_fl": None, "cv_pct": None,
+                           "mean_fl": round(float(mono.mean()), 1) if len(mono) else None,
+                           "n": int(len(mono))}
+    flags = list(qc_flags)
+    if len(mono) >= MDW_MIN_MONOCYTES:
+        sd = float(mono.std(ddof=1))
+        lo, hi = sd_interval(sd, len(mono))
+        mdw.update(sd_fl=round(sd, 1), cv_pct=round(100 * sd / float(mono.mean()), 1),
+                   sd_ci95_fl=[round(lo, 1), round(hi, 1)])
+        if mdw["cv_pct"] > MDW_HIGH_CV_PCT:
+            flags.append("MDW_HIGH")
+    else:
+        mdw["not_reported"] = (f"fewer than {MDW_MIN_MONOCYTES} monocytes counted")
+    if n_wbc < EMPTY_MAX_CELLS:
+        flags.append("EMPTY_CHAMBER")
+    elif n < LOW_COUNT_CELLS:
+        flags.append("LOW_COUNT")
+    if n and sum(c.clump for c in counted) / n > CLUMP_LIMIT:
+        flags.append("CLUMPS")
+    others = sum(1 for c in calls if c.reject_reason not in (None, "low confidence"))
+    if n_wbc >= EMPTY_MAX_CELLS and others > DEBRIS_PER_WBC * n_wbc:
+        flags.append("DEBRIS")
+    if n_wbc and low_conf / n_wbc > LOW_CONFIDENCE_LIMIT:
+        flags.append("LOW_CONFIDENCE")
+    return {
+        "cells_detected": len(calls),
+        "cells_classified": n,
+        "cells_rejected": len(calls) - n,
+        "counts": counts,
+        "differential_5part": diff5,
+        "differential_3part": diff3,
+        "differential_5part_ci95": ci5,
+        "differential_3part_ci95": ci3,
+        "wbc_per_uL": round(wbc_per_uL, 1) if math.isfinite(wbc_per_uL) else None,
+        "mdw": mdw,
+        "flags": list(dict.fromkeys(flags)),
+    }
+
+
+def cell_records(calls: list[CellCall]) -> list[dict[str, Any]]:
+    """The ``cells`` list of the result (``--cells``)."""
+    out = []
+    for c in calls:
+        rec: dict[str, Any] = {"x": round(c.x, 1), "y": round(c.y, 1), "class": c.cls,
+                               "confidence": round(c.confidence, 3),
+                               "diameter_um": round(c.diameter_um, 2),
+                               "volume_fl": round(c.volume_fl, 1) if c.cls else None,
+                               "depth_um": round(c.depth_um, 1), "clump": c.clump}
+        if c.reject_reason:
+            rec["reject_reason"] = c.reject_reason
+        out.append(rec)
+    return out

@@ -1,0 +1,260 @@
+"""Detection, refocus, classifier, result arithmetic and the whole analysis on small captures."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from holography.capture import read_capture
+from holography.reconstruct import reconstruct_capture
+from holography.sample import KIND_ID, OBJECT_DTYPE, PART_DTYPE, WBC_CLASSES, Sample
+from holography.simulate import Optics, SimConfig, simulate_capture
+from inference.analyze import AnalysisOptions, analyze_capture
+from inference.classify import DEFAULT_MODEL, Classifier, ModelError
+from inference.dataset import CLASSES, OTHER, label_detections, match, random_config
+from inference.detect import CROP_SIZE, N_CHANNELS, detect_cells
+from inference.result import (
+    _rounded_percentages,
+    sd_interval,
+    summarise,
+    wilson_interval,
+)
+
+
+def _detect(path):
+    cap = read_capture(path)
+    rec = reconstruct_capture(cap)
+    det = detect_cells(rec, {led: cap.wavelength_nm(led) for led in cap.leds},
+                       sensor_pitch_um=cap.sensor.pixel_pitch_um,
+                       source_distance_um=cap.geometry.source_distance_mm * 1000.0)
+    truth = json.loads((path / "truth.json").read_text())
+    return cap, rec, det, truth
+
+
+@pytest.fixture(scope="module")
+def three_led(capdir):
+    """A 512x512 three-LED healthy capture (held-out test conditions, IMX708)."""
+    rng = np.random.default_rng(77)
+    cfg = random_config(rng, "test", size=(512, 512), sensor="imx708")
+    from dataclasses import asdict
+    kw = {k: getattr(cfg, k) for k in asdict(cfg)}
+    kw["size"] = (512, 512)
+    return capdir("three-led-test", preset="lymphocytosis", seed=4242, **kw)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-3)
+    lo, hi = wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_wilson_interval_covers_as_claimed():
+    rng = np.random.default_rng(1)
+    p, n = 0.07, 400
+    hits = 0
+    for _ in range(4000):
+        lo, hi = wilson_interval(int(rng.binomial(n, p)), n)
+        hits += lo <= p <= hi
+    assert 0.93 < hits / 4000 < 0.97
+
+
+def test_sd_interval_brackets_and_narrows():
+    lo, hi = sd_interval(60.0, 30)
+    assert lo < 60.0 < hi
+    lo2, hi2 = sd_interval(60.0, 300)
+    assert hi2 - lo2 < hi - lo
+
+
+def test_percentages_sum_to_100():
+    counts = {"a": 1, "b": 1, "c": 1}
+    pct = _rounded_percentages(counts)
+    assert sum(pct.values()) == pytest.approx(100.0)
+    assert sorted(pct.values()) == [33.3, 33.3, 33.4]
+
+
+def _calls(classes, n_each, *, volume=450.0, spread=0.0, clump=False):
+    from inference.result import CellCall
+    rng = np.random.default_rng(0)
+    out = []
+    for cls, n in zip(classes, n_each, strict=True):
+        for _ in range(n):
+            out.append(CellCall(x=0, y=0, cls=cls, confidence=0.9, diameter_um=8,
+                                volume_fl=float(volume * (1 + spread * rng.standard_normal())),
+                                depth_um=3, clump=clump))
+    return out
+
+
+def test_summary_flags_and_mdw():
+    calls = _calls(WBC_CLASSES, [300, 150, 60, 20, 5], spread=0.3)
+    s = summarise(calls, imaged_area_mm2=20.0, chamber_height_um=100.0, dilution=10.0, qc_flags=[])
+    assert s["cells_classified"] == 535
+    assert sum(s["differential_5part"].values()) == pytest.approx(100.0, abs=0.1)
+    assert s["differential_3part"]["granulocyte"] == pytest.approx(100 * 325 / 535, abs=0.1)
+    assert s["wbc_per_uL"] == pytest.approx(535 / (20.0 * 0.1 / 10.0), rel=1e-3)
+    assert s["mdw"]["n"] == 60 and "MDW_HIGH" in s["flags"]
+    lo, hi = s["mdw"]["sd_ci95_fl"]
+    assert lo < s["mdw"]["sd_fl"] < hi
+    calm = summarise(_calls(WBC_CLASSES, [300, 150, 60, 20, 5], spread=0.1), imaged_area_mm2=20.0,
+                     chamber_height_um=100.0, dilution=10.0, qc_flags=[])
+    assert "MDW_HIGH" not in calm["flags"]
+    few = summarise(_calls(WBC_CLASSES, [50, 30, 10, 2, 1]), imaged_area_mm2=20.0,
+                    chamber_height_um=100.0, dilution=10.0, qc_flags=["SATURATED"])
+    assert few["flags"][0] == "SATURATED" and "LOW_COUNT" in few["flags"]
+    assert few["mdw"]["sd_fl"] is None and "fewer than" in few["mdw"]["not_reported"]
+    empty = summarise([], imaged_area_mm2=20.0, chamber_height_um=100.0, dilution=10.0, qc_flags=[])
+    assert "EMPTY_CHAMBER" in empty["flags"] and empty["cells_classified"] == 0
+    clumped = summarise(_calls(WBC_CLASSES, [300, 150, 60, 20, 5], clump=True),
+                        imaged_area_mm2=20.0, chamber_height_um=100.0, dilution=10.0, qc_flags=[])
+    assert "CLUMPS" in clumped["flags"]
+
+
+# ---------------------------------------------------------------- detection
+
+
+def test_detection_finds_the_white_cells(three_led):
+    cap, rec, det, truth = _detect(three_led)
+    assert det.crops.shape == (len(det.candidates), N_CHANNELS, CROP_SIZE, CROP_SIZE)
+    assert all(det.slots_present)
+    xy = np.array([[c.x, c.y] for c in det.candidates])
+    idx, wbc = match(xy, truth, det.pixel_um, cap.shape)
+    assert len(wbc) >= 20
+    found = set(idx[idx >= 0])
+    recall = np.mean([j in found for j in wbc])
+    assert recall >= 0.95, recall
+    # platelets are the commonest object but scatter too little to be candidates
+    kinds = [truth["objects"][j]["kind"] for j in idx if j >= 0]
+    n_plt = sum(o["kind"] == "platelet" for o in truth["objects"])
+    assert kinds.count("platelet") < 0.1 * n_plt
+
+
+def _one_object_sample(kind: str, h_um: float, *, on_cover: bool = False) -> Sample:
+    """A single white cell (or dust grain) at the centre of a 256 px IMX477 frame."""
+    c = 256 * 1.55 / 2
+    parts = np.zeros(0, PART_DTYPE)
+    if kind == "dust":
+        parts = np.array([(0.0, 0.0, 0.0, 2.5, 0.0, 0.0), (2.0, 1.0, 0.0, 2.0, 0.0, 0.0)], PART_DTYPE)
+        row = (KIND_ID["dust"], c, c, 0.0, 5.0, 3.0, 0.0, 0.0, 0.3, 0.05, 0, 2, 0, 0, -1, 1)
+    else:
+        parts = np.array([(0.0, 0.0, 0.0, 3.3, 0.0, 0.0)], PART_DTYPE)
+        row = (KIND_ID[kind], c, c, h_um, 4.2, 4.2, 0.035, 2e-5, 0.02, 4e-4, 0, 1, 1, 0, -1, 0)
+    return Sample(objects=np.array([row], OBJECT_DTYPE), parts=parts, chamber_height_um=100.0,
+                  cover_glass_um=170.0)
+
+
+@pytest.mark.parametrize("h_um", [4.2, 60.0])
+def test_refocus_finds_a_floating_cell(tmp_path, h_um):
+    cfg = SimConfig(size=(256, 256), optics=Optics(nominal_error_um=40.0))
+    simulate_capture(tmp_path / "c", seed=3, config=cfg, sample=_one_object_sample("lymphocyte", h_um))
+    cap, rec, det, truth = _detect(tmp_path / "c")
+    assert det.candidates, "the cell was not detected"
+    best = max(det.candidates, key=lambda c: c.peak)
+    true_depth = truth["objects"][0]["distance_um"] - truth["optics"]["floor_distance_um"]
+    # a lone cell is its own floor: compare distances, within the depth of field (~20 um)
+    assert abs(best.distance_um - truth["objects"][0]["distance_um"]) < 20.0, (best, true_depth)
+
+
+def test_dust_on_the_cover_glass_is_outside_the_chamber(tmp_path, capdir):
+    # dust above a chamber whose floor cells fix the plane
+    base = read_capture(capdir("small"))
+    assert base is not None
+    cfg = SimConfig(size=(256, 256))
+    s = _one_object_sample("dust", 0.0, on_cover=True)
+    cell = _one_object_sample("lymphocyte", 4.2)
+    obj = np.concatenate([s.objects, cell.objects])
+    obj["x_um"][1] += 60.0
+    obj["lobe0"][1] = len(s.parts)
+    parts = np.concatenate([s.parts, cell.parts])
+    sample = Sample(objects=obj, parts=parts, chamber_height_um=100.0, cover_glass_um=170.0)
+    simulate_capture(tmp_path / "d", seed=5, config=cfg, sample=sample)
+    cap, rec, det, truth = _detect(tmp_path / "d")
+    dust_xy = (truth["objects"][0]["x_px"], truth["objects"][0]["y_px"])
+    near = [c for c in det.candidates if math.dist((c.x, c.y), dust_xy) < 6]
+    assert near, "dust was not detected"
+    assert max(c.depth_um for c in near) > 100.0 / 1.335 + 12.0
+
+
+# ---------------------------------------------------------------- classifier
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return Classifier()
+
+
+def test_model_card_and_size(classifier):
+    assert DEFAULT_MODEL.stat().st_size < 5_000_000
+    assert classifier.classes == CLASSES
+    assert classifier.info.sha256 and len(classifier.info.sha256) == 64
+    card = json.loads(DEFAULT_MODEL.with_name("wbc5.card.json").read_text())
+    assert card["accuracy"]["int8"]["accuracy_5part"] > 0
+
+
+def test_bad_models_are_refused(tmp_path, classifier):
+    with pytest.raises(ModelError, match="not found"):
+        Classifier(tmp_path / "nothing.onnx")
+    broken = tmp_path / "wbc5.onnx"
+    broken.write_bytes(DEFAULT_MODEL.read_bytes()[:5000])
+    shutil.copy(DEFAULT_MODEL.with_name("wbc5.card.json"), tmp_path / "wbc5.card.json")
+    with pytest.raises(ModelError, match="cannot be loaded"):
+        Classifier(broken)
+    (tmp_path / "wbc5.card.json").write_text("{")
+    with pytest.raises(ModelError, match="card"):
+        Classifier(broken)
+    with pytest.raises(ModelError, match="do not fit"):
+        classifier(np.zeros((2, 3, CROP_SIZE, CROP_SIZE), np.float32))
+
+
+def test_classifier_on_held_out_crops(three_led, classifier):
+    """Held-out conditions: the shipped model classifies most white cells; colour matters."""
+    cap, rec, det, truth = _detect(three_led)
+    lab = label_detections(det, truth, cap.shape)
+    wbc = lab.labels != OTHER
+    probs, vol = classifier(det.crops)
+    pred = probs.argmax(1)
+    acc = float((pred[wbc] == lab.labels[wbc]).mean())
+    assert acc > 0.75, acc
+    # the same crops with the blue and red slots swapped lose accuracy: the model uses colour
+    swapped = det.crops.copy()
+    swapped[:, 0:2], swapped[:, 4:6] = det.crops[:, 4:6], det.crops[:, 0:2]
+    acc_swapped = float((classifier(swapped)[0].argmax(1)[wbc] == lab.labels[wbc]).mean())
+    assert acc_swapped < acc - 0.05, (acc, acc_swapped)
+    err = np.abs(vol[wbc] - lab.volume_fl[wbc]) / lab.volume_fl[wbc]
+    assert np.median(err) < 0.15
+
+
+# ---------------------------------------------------------------- the whole analysis
+
+
+def test_analyze_capture_result_format(three_led, classifier):
+    res = analyze_capture(three_led, classifier=classifier, options=AnalysisOptions(cells=True))
+    assert res["format"] == "holodiff-result/1"
+    assert res["model"]["name"] == "wbc5" and res["model"]["sha256"] == classifier.info.sha256
+    assert res["cells_detected"] == res["cells_classified"] + res["cells_rejected"]
+    assert sum(res["counts"].values()) == res["cells_classified"]
+    assert sum(res["differential_5part"].values()) == pytest.approx(100.0, abs=0.1)
+    assert sum(res["differential_3part"].values()) == pytest.approx(100.0, abs=0.1)
+    truth = json.loads((three_led / "truth.json").read_text())
+    n_true = sum(truth["wbc_counts_in_frame"].values())
+    assert abs(res["cells_classified"] - n_true) <= 0.15 * n_true + 3
+    assert res["differential_5part"]["lymphocyte"] > res["differential_5part"]["monocyte"]
+    assert {"total", "reconstruction", "detection", "classification"} <= set(res["timing_s"])
+    assert len(res["cells"]) == res["cells_detected"]
+    rejected = [c for c in res["cells"] if c["class"] is None]
+    assert all(c["reject_reason"] for c in rejected)
+    assert "LOW_COUNT" in res["flags"]  # a 512 px frame holds far fewer than 200 white cells
+
+
+def test_empty_chamber_is_flagged(capdir, classifier):
+    path = capdir("empty-3led", faults=("empty_chamber",), leds=SimConfig().leds, size=(256, 256))
+    res = analyze_capture(path, classifier=classifier)
+    assert "EMPTY_CHAMBER" in res["flags"] and res["cells_classified"] < 5
+    assert res["flag_details"]["EMPTY_CHAMBER"].startswith("No cells found")
