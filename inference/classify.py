@@ -85,6 +85,9 @@ class Classifier:
 
     def __call__(self, crops: np.ndarray, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities (N, K) and volumes in fL (N,) of a crop stack."""
+        if crops.ndim == 4 and crops.shape[-1] > self.size and crops.shape[-1] == crops.shape[-2]:
+            a = (crops.shape[-1] - self.size) // 2  # the model sees the crop's centre
+            crops = crops[..., a:a + self.size, a:a + self.size]
         if crops.ndim != 4 or crops.shape[1:] != (self.channels, self.size, self.size):
             raise ModelError(f"crops of shape {crops.shape[1:]} do not fit model {self.info.name} "
                              f"({self.channels}, {self.size}, {self.size})")

@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", action="append", help="model .onnx (repeatable; default: the "
                                                      "shipped INT8 model and its FP32 twin)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--update-card", action="store_true",
+                    help="write the figures into the shipped model's card")
     args = ap.parse_args(argv)
 
     def log(m: str) -> None:
@@ -227,6 +229,18 @@ def main(argv: list[str] | None = None) -> int:
     caps = make_test_captures(Path(args.out), args.captures, size=args.size, start=args.start,
                               log=log)
     rep = evaluate(caps, models, log=log)
+    if args.update_card:
+        card_path = DEFAULT_MODEL.with_name(DEFAULT_MODEL.stem + ".card.json")
+        card = json.loads(card_path.read_text())
+        names = {DEFAULT_MODEL.name: "int8", DEFAULT_MODEL.with_suffix(".fp32.onnx").name: "fp32"}
+        card["accuracy"] = {names.get(k, k): v for k, v in rep.items()}
+        card["accuracy"]["test_set"] = {
+            "captures": [p.name for p in caps],
+            "conditions": "inference.dataset.SPLITS['test'] (disjoint from training), "
+                          f"seeds from {SEED_BASE['test'] + 100_000 + args.start}",
+            "command": "holodiff evaluate " + " ".join(argv or sys.argv[1:])}
+        card_path.write_text(json.dumps(card, indent=1) + "\n")
+        log(f"updated {card_path}")
     if args.json:
         print(json.dumps(rep, indent=1))
     else:

@@ -44,8 +44,11 @@ EMPTY_MAX_CELLS = 5
 LOW_COUNT_CELLS = 200
 #: more than this fraction of white cells touching others: CLUMPS
 CLUMP_LIMIT = 0.10
-#: more non-white-cell objects than this many per counted white cell: DEBRIS
+#: DEBRIS: more non-white-cell objects than this many per white cell, and more than
+#: DEBRIS_PER_UL of them per uL of blood (healthy simulated samples: about 0.8 per white cell
+#: and 6,000 per uL, mostly platelet clusters, ghosts and debris)
 DEBRIS_PER_WBC = 3.0
+DEBRIS_PER_UL = 15000.0
 #: more than this fraction of white-cell candidates left unclassified: LOW_CONFIDENCE
 LOW_CONFIDENCE_LIMIT = 0.10
 MDW_MIN_MONOCYTES = 30
@@ -184,7 +187,8 @@ def summarise(calls: list[CellCall], *, imaged_area_mm2: float, chamber_height_u
     if n and sum(c.clump for c in counted) / n > CLUMP_LIMIT:
         flags.append("CLUMPS")
     others = sum(1 for c in calls if c.reject_reason not in (None, "low confidence"))
-    if n_wbc >= EMPTY_MAX_CELLS and others > DEBRIS_PER_WBC * n_wbc:
+    if (n_wbc >= EMPTY_MAX_CELLS and others > DEBRIS_PER_WBC * n_wbc
+            and blood_uL > 0 and others / blood_uL > DEBRIS_PER_UL):
         flags.append("DEBRIS")
     if n_wbc and low_conf / n_wbc > LOW_CONFIDENCE_LIMIT:
         flags.append("LOW_CONFIDENCE")

@@ -5,7 +5,8 @@ One command regenerates the data sets and retrains (``holodiff train`` or
 onnxscript); nothing else in the project imports this module.
 
 The network is a small VGG-style CNN (three blocks of two 3x3 convolutions
-with batch normalisation, global average pooling) with two heads: six class
+with batch normalisation, 16-32-64 channels, global average pooling) on the
+central :data:`INPUT_SIZE` pixels of the crops with two heads: six class
 scores (five white cells and "other") and the logarithm of the cell volume.
 Training is seeded and deterministic on CPU; its log is saved next to the
 model. Quantisation is static, QDQ format, per-channel weights, calibrated on
@@ -27,6 +28,8 @@ import numpy as np
 
 from inference.dataset import CLASSES, OTHER, build
 
+#: pixels of the crop's centre the network sees (24 um at 0.75 um per pixel)
+INPUT_SIZE = 32
 #: volume head target: (log(volume fL) - LOGVOL_MEAN) / LOGVOL_SD
 LOGVOL_MEAN = math.log(350.0)
 LOGVOL_SD = 0.35
@@ -54,8 +57,8 @@ def make_net(n_channels: int, n_classes: int):
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.features = nn.Sequential(block(n_channels, 24), block(24, 48), block(48, 96))
-            self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(96, 64), nn.ReLU())
+            self.features = nn.Sequential(block(n_channels, 16), block(16, 32), block(32, 64))
+            self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU())
             self.cls = nn.Linear(64, n_classes)
             self.vol = nn.Linear(64, 1)
 
@@ -69,6 +72,12 @@ def make_net(n_channels: int, n_classes: int):
             return torch.softmax(logits, dim=1), torch.exp(v * LOGVOL_SD + LOGVOL_MEAN)
 
     return Net()
+
+
+def centre(crops: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size`` x ``size`` pixels of a crop stack."""
+    a = (crops.shape[-1] - size) // 2
+    return crops[..., a:a + size, a:a + size]
 
 
 def _augment(torch, x, gen):
@@ -93,14 +102,14 @@ def _augment(torch, x, gen):
     return x
 
 
-def train(data: dict, *, epochs: int = 30, batch: int = 256, seed: int = 0, lr: float = 3e-3,
+def train(data: dict, *, epochs: int = 16, batch: int = 256, seed: int = 0, lr: float = 3e-3,
           log=print):
     """Train the network on a crop set (arrays of :func:`inference.dataset.build`)."""
     torch = _torch()
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.from_numpy(data["crops"].astype(np.float32))
+    x = torch.from_numpy(centre(data["crops"], INPUT_SIZE).astype(np.float32))
     y = torch.from_numpy(data["labels"].astype(np.int64))
     vol = data["volume_fl"].astype(np.float64)
     has_v = torch.from_numpy(np.isfinite(vol))
@@ -130,7 +139,7 @@ def train(data: dict, *, epochs: int = 30, batch: int = 256, seed: int = 0, lr: 
             loss.backward()
             opt.step()
             sched.step()
-            tot += float(loss) * len(idx)
+            tot += loss.item() * len(idx)
             correct += int((logits.argmax(1) == y[idx]).sum())
         log(f"epoch {ep + 1}/{epochs}: loss {tot / len(y):.4f}, train accuracy "
             f"{correct / len(y):.4f}, {time.perf_counter() - t0:.0f} s")
@@ -189,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None, help="folder for the crop sets (default: OUT/data)")
     ap.add_argument("--captures", type=int, default=170, help="training captures")
     ap.add_argument("--calibration-captures", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--name", default="wbc5")
@@ -223,17 +232,34 @@ def main(argv: list[str] | None = None) -> int:
     log(f"training on {len(data['labels'])} crops: "
         + ", ".join(f"{c} {int((data['labels'] == i).sum())}" for i, c in enumerate(CLASSES)))
     net = train(data, epochs=args.epochs, seed=args.seed, log=log)
-    n_ch, size = data["crops"].shape[1], data["crops"].shape[2]
+    n_ch, size = data["crops"].shape[1], INPUT_SIZE
     fp32 = out / f"{args.name}.fp32.onnx"
     int8 = out / f"{args.name}.onnx"
     export_onnx(net, fp32, n_ch, size)
-    calib = _load(calib_npz)["crops"].astype(np.float32)
+    calib = centre(_load(calib_npz)["crops"], INPUT_SIZE).astype(np.float32)
     quantise(fp32, int8, calib)
     card = {
         "name": args.name, "version": args.version, "classes": list(CLASSES),
         "other_class": CLASSES[OTHER],
         "input": {"name": "crops", "channels": int(n_ch), "size": int(size),
                   "layout": "per wavelength slot (blue, green, red): Re(u)-1, Im(u)"},
+        "outputs": {"probabilities": "softmax over classes", "volume_fl": "cell volume, fL"},
+        "data": ("Simulated only (holography.simulate): crowded 512x512 fields, white cells in "
+                 "near-equal class proportions among platelets, red-cell ghosts, debris, lipid "
+                 "and dust; optical conditions drawn from inference.dataset.SPLITS['train']; "
+                 "labels by one-to-one matching of the instrument pipeline's candidates with "
+                 "the simulator's truth."),
+        "limits": [
+            "Trained on simulated holograms only: no real annotated white cells exist yet; "
+            "accuracy on a real instrument is unknown until measured against a reference "
+            "analyser.",
+            "Band forms, blasts, atypical lymphocytes and nucleated red cells are not modelled; "
+            "they will be called as one of the five classes or rejected.",
+            "Volumes are a learnt estimate from the cell's size and optical path, trained on the "
+            "simulator's volumes; its scale must be calibrated with beads on a real instrument.",
+            "Crops need all three wavelength slots; a dark LED lowers accuracy (flagged "
+            "DARK_FRAME).",
+        ],
         "training": {"captures": args.captures, "crops": int(len(data["labels"])),
                      "epochs": args.epochs, "seed": args.seed,
                      "seconds": round(time.perf_counter() - t0, 1)},

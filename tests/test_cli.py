@@ -23,7 +23,7 @@ def run(*args, home=None):
 
 
 def test_help_for_every_command():
-    for cmd in ("demo", "simulate", "reconstruct"):
+    for cmd in ("demo", "simulate", "reconstruct", "analyze", "evaluate"):
         r = run(cmd, "--help")
         assert r.returncode == 0 and "usage: holodiff" in r.stdout
 
@@ -75,10 +75,50 @@ def test_simulated_faults_are_reported(tmp_path, fault):
 def test_demo_runs_end_to_end(tmp_path):
     r = run("demo", "--size", 384, "--json", home=tmp_path)
     assert r.returncode == 0, r.stderr
-    rep = json.loads(r.stdout)
-    assert Path(rep["pictures"]).is_dir()
-    assert Path(rep["pictures"]).parent == tmp_path / "demo"
-    assert "HoloDiff demo" in r.stderr and rep["flags"] == []
+    res = json.loads(r.stdout)
+    assert res["format"] == "holodiff-result/1"
+    assert Path(res["capture"]).parent == tmp_path / "demo"
+    assert "HoloDiff demo" in r.stderr and "truth" in r.stderr
+    n_true = sum(res["truth_wbc_in_frame"].values())
+    assert abs(res["cells_classified"] - n_true) <= 0.2 * n_true + 3
+    assert "LOW_COUNT" in res["flags"]
+
+
+def test_analyze_json_several_captures_and_a_bad_one(tmp_path):
+    for name, seed in (("a", 21), ("b", 22)):
+        r = run("simulate", "--out", tmp_path / name, "--width", 256, "--height", 256, "--seed",
+                seed, "--preset", "lymphocytosis")
+        assert r.returncode == 0, r.stderr
+    r = run("analyze", tmp_path / "a", tmp_path / "b", "--json", "--cells", "--jobs", 2)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2
+    res = [json.loads(x) for x in lines]
+    assert [Path(x["capture"]).name for x in res] == ["a", "b"]
+    for x in res:
+        assert x["format"] == "holodiff-result/1" and len(x["cells"]) == x["cells_detected"]
+        assert x["timing_s"]["total"] > 0
+    # a damaged capture: one line on stderr, nothing on stdout, non-zero exit
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "capture.json").write_text("{not json")
+    r = run("analyze", tmp_path / "bad", "--json")
+    assert r.returncode != 0 and r.stdout == ""
+    errors = [x for x in r.stderr.splitlines() if "error" in x]
+    assert len(errors) == 1 and "capture.json" in errors[0]
+    # with a good one beside it, the good result is still printed
+    r = run("analyze", tmp_path / "a", tmp_path / "bad", "--json", "--jobs", 1)
+    assert r.returncode != 0 and len(r.stdout.strip().splitlines()) == 1
+    # human-readable report without --json
+    r = run("analyze", tmp_path / "a")
+    assert r.returncode == 0 and "lymphocyte" in r.stdout and "95 % CI" in r.stdout
+
+
+def test_analyze_refuses_a_broken_model(tmp_path):
+    r = run("simulate", "--out", tmp_path / "a", "--width", 64, "--height", 64)
+    (tmp_path / "m.onnx").write_bytes(b"garbage")
+    (tmp_path / "m.card.json").write_text('{"classes": ["a"], "input": {"channels": 6, "size": 32}}')
+    r = run("analyze", tmp_path / "a", "--model", tmp_path / "m.onnx", "--json")
+    assert r.returncode != 0 and r.stdout == "" and "cannot be loaded" in r.stderr
 
 
 def test_reconstruct_with_phase_retrieval(tmp_path):

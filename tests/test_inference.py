@@ -258,3 +258,39 @@ def test_empty_chamber_is_flagged(capdir, classifier):
     res = analyze_capture(path, classifier=classifier)
     assert "EMPTY_CHAMBER" in res["flags"] and res["cells_classified"] < 5
     assert res["flag_details"]["EMPTY_CHAMBER"].startswith("No cells found")
+
+
+# ---------------------------------------------------------------- data sets
+
+
+def test_train_and_test_conditions_never_overlap():
+    from inference.dataset import SEED_BASE, SPLITS
+    for key, test_iv in SPLITS["test"].items():
+        for a, b in test_iv:
+            for c, d in SPLITS["train"][key]:
+                assert b <= c or d <= a, key
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        cfg = random_config(rng, "test", size=(64, 64))
+        assert 650 <= cfg.optics.air_gap_um <= 850
+        assert all(21 <= led.bandwidth_nm <= 30 for led in cfg.leds)
+        cfg = random_config(rng, "train", size=(64, 64))
+        assert not 650 < cfg.optics.air_gap_um < 850
+        assert not 45 < cfg.optics.pinhole_um < 75
+    assert SEED_BASE["test"] - SEED_BASE["train"] >= 1_000_000
+
+
+def test_match_is_one_to_one_and_prefers_white_cells():
+    truth = {"objects": [
+        {"kind": "neutrophil", "x_px": 10.0, "y_px": 10.0},
+        {"kind": "platelet", "x_px": 11.0, "y_px": 10.0},
+        {"kind": "lymphocyte", "x_px": 40.0, "y_px": 40.0},
+        {"kind": "monocyte", "x_px": 200.0, "y_px": 5.0},  # outside a 100 px frame
+    ]}
+    cands = np.array([[10.8, 10.0], [10.2, 10.1], [80.0, 80.0]])
+    idx, wbc = match(cands, truth, 1.5, (100, 100))
+    assert wbc == [0, 2]
+    assert sorted(idx[:2].tolist()) == [0, 1] and idx[2] == -1
+    # the candidate nearer the platelet still takes the white cell when only one candidate
+    idx, _ = match(cands[:1], truth, 1.5, (100, 100))
+    assert idx[0] == 0

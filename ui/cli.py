@@ -130,7 +130,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """``holodiff demo``: simulate a sample on the simulated analyzer and reconstruct it."""
+    """``holodiff demo``: simulate a sample on the simulated analyzer and analyse it."""
+    from inference.analyze import analyze_capture
+
     out = Path(args.out) if args.out else _home() / "demo"
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -138,37 +140,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     log.info("1/3 simulating a %s sample on the simulated analyzer (seed %d)", args.preset,
              args.seed)
     t0 = time.perf_counter()
-    cap = simulate_capture(cap_dir, preset=args.preset, seed=args.seed,
-                           config=SimConfig(size=(args.size, args.size)))
+    simulate_capture(cap_dir, preset=args.preset, seed=args.seed,
+                     config=SimConfig(size=(args.size, args.size)))
     t1 = time.perf_counter()
-    log.info("2/3 reconstructing: raw frames, autofocus, back-propagation")
-    rec = reconstruct_capture(cap)
+    log.info("2/3 analysing: reconstruction, cell detection, classification")
+    res = analyze_capture(cap_dir, progress=lambda m: log.debug("%s", m))
     t2 = time.perf_counter()
-    pics = out / f"pictures-{stamp}"
-    paths = _save_pictures(rec, cap_dir, pics)
     truth = json.loads((cap_dir / "truth.json").read_text())
-    report = reconstruction_report(rec, str(cap_dir))
-    report["timing_s"] = {"simulation": round(t1 - t0, 2), "reconstruction": round(t2 - t1, 2)}
-    report["pictures"] = str(pics)
-    report["truth_wbc_in_frame"] = truth["wbc_counts_in_frame"]
-    log.info("3/3 done")
-    lines = [
-        "HoloDiff demo (simulated analyzer)",
-        f"  capture            {cap_dir}",
-        f"  sample distance    {rec.plane.distance_um:.1f} um (nominal "
-        f"{cap.geometry.sample_distance_um:.1f} um)",
-        f"  chamber tilt       {rec.plane.slope_x_um_per_mm:+.2f}, "
-        f"{rec.plane.slope_y_um_per_mm:+.2f} um/mm",
-        f"  pixel in sample    {rec.pixel_um:.4f} um (magnification {rec.magnification:.4f})",
-        f"  white cells (truth) {sum(truth['wbc_counts_in_frame'].values())}",
-        f"  QC flags           {', '.join(rec.flags) or 'none'}",
-        f"  pictures           {pics} ({len(paths)} PNG files)",
-        f"  time               simulation {t1 - t0:.1f} s, reconstruction {t2 - t1:.1f} s",
-        "  (cell detection and the differential arrive with the analysis stage)",
-    ]
+    res["truth_wbc_in_frame"] = truth["wbc_counts_in_frame"]
+    res["timing_s"]["simulation"] = round(t1 - t0, 2)
+    log.info("3/3 done in %.1f s (simulation %.1f s, analysis %.1f s)", t2 - t0, t1 - t0, t2 - t1)
+    n_true = sum(truth["wbc_counts_in_frame"].values())
+    true_pct = {k: 100.0 * v / n_true if n_true else 0.0
+                for k, v in truth["wbc_counts_in_frame"].items()}
+    lines = ["HoloDiff demo (simulated analyzer)", format_report(res),
+             f"  truth              {n_true} white cells: " + ", ".join(
+                 f"{k[:4]} {v:.1f} %" for k, v in true_pct.items())]
     print("\n".join(lines), file=sys.stderr)
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(res))
     return 0
 
 
@@ -287,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--jobs", type=int, help="captures analysed in parallel (default: CPU count)")
     a.set_defaults(func=cmd_analyze)
 
+    t = sub.add_parser("train", help="regenerate the training data and retrain the classifier "
+                                     "(needs the train extra)", add_help=False)
+    t.set_defaults(func=lambda a: _delegate("inference.train", a))
+    e = sub.add_parser("evaluate", help="accuracy on held-out simulated captures", add_help=False)
+    e.set_defaults(func=lambda a: _delegate("inference.evaluate", a))
+
     r = sub.add_parser("reconstruct", help="focus and reconstruct a capture folder; report "
                                            "distance, tilt and QC")
     r.add_argument("capture", help="capture folder")
@@ -301,9 +297,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _delegate(module: str, args: argparse.Namespace) -> int:
+    import importlib
+
+    return importlib.import_module(module).main(args.rest)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``holodiff`` console script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command in ("train", "evaluate"):
+        args.rest = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="holodiff: %(message)s", stream=sys.stderr)
     try:
