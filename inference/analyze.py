@@ -66,7 +66,8 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
     else:
         probs = vols = []
     chamber_eq = cap.chamber.height_um / N_MEDIUM
-    calls = call_cells(det.candidates, probs, vols, clf.classes, chamber_eq_um=chamber_eq)
+    calls = call_cells(det.candidates, probs, vols, clf.classes, chamber_eq_um=chamber_eq,
+                       train_priors=clf.train_priors)
     t_cls = time.perf_counter() - t
     summary = summarise(calls, imaged_area_mm2=det.imaged_area_mm2,
                         chamber_height_um=cap.chamber.height_um, dilution=cap.chamber.dilution,

@@ -68,6 +68,9 @@ class Classifier:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"model card {card} is missing or invalid ({exc}); reinstall the "
                              "model") from None
+        counts = self.card.get("training", {}).get("class_counts")
+        self.train_priors = (np.array([float(counts[c]) for c in self.classes])
+                             if counts and all(c in counts for c in self.classes) else None)
         data = self.path.read_bytes()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads

@@ -65,7 +65,38 @@ def _confusion(pairs: list[tuple[int, int]], k: int) -> np.ndarray:
     return m
 
 
-def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print) -> dict[str, Any]:
+def _detections(path: Path, fresh: bool):
+    """Detections of a test capture, cached beside it (keyed by the detection code's hash)."""
+    import hashlib
+
+    from inference import detect
+    from inference.detect import Candidate, Detections
+
+    key = hashlib.sha256(Path(detect.__file__).read_bytes()).hexdigest()[:16]
+    cache = path / f"eval-detections-{key}.npz"
+    truth = json.loads((path / "truth.json").read_text())
+    shape = tuple(json.loads((path / "capture.json").read_text())["sensor"][k]
+                  for k in ("height", "width"))
+    if cache.exists() and not fresh:
+        with np.load(cache, allow_pickle=False) as z:
+            names = [str(x) for x in z["names"]]
+            cands = [Candidate(**{n: (bool(v) if n in ("edge", "clump") else
+                                      int(v) if n == "peaks_in_blob" else float(v))
+                                  for n, v in zip(names, row, strict=True)}) for row in z["cands"]]
+            det = Detections(cands, z["crops"].astype(np.float32), tuple(bool(b) for b in z["slots"]),
+                             float(z["thr"]), float(z["pixel_um"]), float(z["area"]))
+        return det, truth, shape
+    det, truth, shape = analyse_for_training(path)
+    names = list(Candidate.__slots__)
+    rows = np.array([[float(getattr(c, n)) for n in names] for c in det.candidates]).reshape(-1, len(names))
+    np.savez(cache, names=np.array(names), cands=rows, crops=det.crops.astype(np.float16),
+             slots=np.array(det.slots_present), thr=det.threshold, pixel_um=det.pixel_um,
+             area=det.imaged_area_mm2)
+    return det, truth, shape
+
+
+def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
+             fresh: bool = False) -> dict[str, Any]:
     """Run every model on every capture's crops; compare with the truth."""
     K = len(WBC_CLASSES)
     acc: dict[str, dict[str, Any]] = {
@@ -74,7 +105,7 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print) 
         for name in models}
     for path in captures:
         t0 = time.perf_counter()
-        det, truth, shape = analyse_for_training(path)
+        det, truth, shape = _detections(path, fresh)
         t_pipe = time.perf_counter() - t0
         meta = json.loads((path / "capture.json").read_text())
         chamber = meta["chamber"]
@@ -94,7 +125,8 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print) 
             probs, vols = clf(det.crops) if len(det.candidates) else (np.zeros((0, 6)), np.zeros(0))
             a["crops_per_s"].append(len(det.candidates) / max(time.perf_counter() - t, 1e-9))
             calls = call_cells(det.candidates, probs, vols, clf.classes,
-                               chamber_eq_um=chamber["height_um"] / N_MEDIUM)
+                               chamber_eq_um=chamber["height_um"] / N_MEDIUM,
+                               train_priors=clf.train_priors)
             s = summarise(calls, imaged_area_mm2=det.imaged_area_mm2,
                           chamber_height_um=chamber["height_um"], dilution=chamber["dilution"],
                           qc_flags=[])
@@ -217,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", action="append", help="model .onnx (repeatable; default: the "
                                                      "shipped INT8 model and its FP32 twin)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--fresh", action="store_true", help="recompute cached detections")
     ap.add_argument("--update-card", action="store_true",
                     help="write the figures into the shipped model's card")
     args = ap.parse_args(argv)
@@ -228,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     models = {Path(p).name: Classifier(p) for p in paths if Path(p).exists()}
     caps = make_test_captures(Path(args.out), args.captures, size=args.size, start=args.start,
                               log=log)
-    rep = evaluate(caps, models, log=log)
+    rep = evaluate(caps, models, log=log, fresh=args.fresh)
     if args.update_card:
         card_path = DEFAULT_MODEL.with_name(DEFAULT_MODEL.stem + ".card.json")
         card = json.loads(card_path.read_text())

@@ -126,9 +126,51 @@ class CellCall:
     probabilities: dict[str, float] = field(default_factory=dict)
 
 
+def adapt_priors(probs: np.ndarray, train_priors: np.ndarray, *, iterations: int = 200,
+                 tol: float = 1e-7, pseudo_count: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Adjust a classifier's posteriors to the class mix of this sample (EM).
+
+    The network was trained on near-equal classes; a blood sample is mostly
+    neutrophils and lymphocytes. The expectation-maximisation procedure of
+    Saerens, Latinne & Decaestecker ("Adjusting the outputs of a classifier to
+    new a priori probabilities: a simple procedure", Neural Comput. 14(1):21,
+    2002) estimates the sample's own class priors from the posteriors and
+    re-weights every posterior by ``prior / training prior``. A pseudo-count per
+    class keeps a rare class from being driven to exactly zero.
+
+    Returns
+    -------
+    (adjusted posteriors (N, K), estimated priors (K,))
+    """
+    p0 = np.asarray(train_priors, np.float64)
+    p0 = p0 / p0.sum()
+    f = np.asarray(probs, np.float64)
+    if len(f) == 0:
+        return f.astype(np.float32), p0
+    prior = p0.copy()
+    post = f
+    for _ in range(iterations):
+        w = f * (prior / p0)
+        post = w / w.sum(axis=1, keepdims=True)
+        new = (post.sum(axis=0) + pseudo_count) / (len(f) + pseudo_count * len(p0))
+        done = float(np.abs(new - prior).max()) < tol
+        prior = new
+        if done:
+            break
+    w = f * (prior / p0)
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32), prior
+
+
 def call_cells(candidates: list, probs: np.ndarray, volumes: np.ndarray, classes: tuple[str, ...],
-               *, chamber_eq_um: float, min_confidence: float = MIN_CONFIDENCE) -> list[CellCall]:
-    """Decide, per candidate, its class or why it is not counted."""
+               *, chamber_eq_um: float, min_confidence: float = MIN_CONFIDENCE,
+               train_priors: np.ndarray | None = None) -> list[CellCall]:
+    """Decide, per candidate, its class or why it is not counted.
+
+    With ``train_priors`` the posteriors are first adapted to this sample's
+    class mix (:func:`adapt_priors`).
+    """
+    if train_priors is not None and len(probs):
+        probs, _ = adapt_priors(probs, train_priors)
     wbc_idx = [classes.index(c) for c in WBC_CLASSES]
     calls = []
     for c, p, v in zip(candidates, probs, volumes, strict=True):

@@ -261,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             "DARK_FRAME).",
         ],
         "training": {"captures": args.captures, "crops": int(len(data["labels"])),
+                     "class_counts": {c: int((data["labels"] == i).sum())
+                                      for i, c in enumerate(CLASSES)},
                      "epochs": args.epochs, "seed": args.seed,
                      "seconds": round(time.perf_counter() - t0, 1)},
     }
