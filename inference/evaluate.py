@@ -80,8 +80,7 @@ def _detections(path: Path, fresh: bool):
     if cache.exists() and not fresh:
         with np.load(cache, allow_pickle=False) as z:
             names = [str(x) for x in z["names"]]
-            cands = [Candidate(**{n: (bool(v) if n in ("edge", "clump") else
-                                      int(v) if n == "peaks_in_blob" else float(v))
+            cands = [Candidate(**{n: (bool(v) if n in ("edge", "clump") else float(v))
                                   for n, v in zip(names, row, strict=True)}) for row in z["cands"]]
             det = Detections(cands, z["crops"].astype(np.float32), tuple(bool(b) for b in z["slots"]),
                              float(z["thr"]), float(z["pixel_um"]), float(z["area"]))
