@@ -64,8 +64,8 @@ THRESHOLD_SD = 8.0
 #: smallest peak value of the detection map (mean |u-1|^2 at the cell scale) kept
 MIN_PEAK = 0.01
 #: cell scale (um) for smoothing and peak separation
-CELL_SIGMA_UM = 2.0
-PEAK_SEPARATION_UM = 6.0
+CELL_SIGMA_UM = 1.5
+PEAK_SEPARATION_UM = 5.0
 
 
 @dataclass(slots=True)
