@@ -294,3 +294,24 @@ def test_match_is_one_to_one_and_prefers_white_cells():
     # the candidate nearer the platelet still takes the white cell when only one candidate
     idx, _ = match(cands[:1], truth, 1.5, (100, 100))
     assert idx[0] == 0
+
+
+def test_adapt_priors_recovers_the_sample_mix():
+    from inference.result import adapt_priors
+    rng = np.random.default_rng(3)
+    # a classifier trained on equal classes, with overlapping likelihoods
+    true_prior = np.array([0.6, 0.3, 0.07, 0.03])
+    n = 4000
+    labels = rng.choice(4, size=n, p=true_prior)
+    centres = np.array([0.0, 2.5, 1.0, 0.6])
+    x = centres[labels] + rng.normal(0, 0.5, n)
+    lik = np.exp(-0.5 * ((x[:, None] - centres[None, :]) / 0.5) ** 2)
+    post_equal = lik / lik.sum(1, keepdims=True)  # posteriors under equal training priors
+    adjusted, prior = adapt_priors(post_equal, np.full(4, 0.25))
+    assert np.allclose(prior, true_prior, atol=0.03), prior
+    acc_before = (post_equal.argmax(1) == labels).mean()
+    acc_after = (adjusted.argmax(1) == labels).mean()
+    assert acc_after > acc_before
+    assert np.allclose(adjusted.sum(1), 1.0, atol=1e-5)
+    empty, p0 = adapt_priors(np.zeros((0, 4)), np.full(4, 1.0))
+    assert empty.shape == (0, 4) and np.allclose(p0, 0.25)
