@@ -58,7 +58,8 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
     det = detect_cells(rec, {led: cap.wavelength_nm(led) for led in cap.leds},
                        sensor_pitch_um=cap.sensor.pixel_pitch_um,
                        source_distance_um=cap.geometry.source_distance_mm * 1000.0,
-                       progress=lambda k, n: say(f"refocused {k}/{n} candidates"))
+                       progress=lambda k, n: say(f"refocused {k}/{n} candidates")
+                       if k == n or k % 1024 < 64 else None)
     t_det = time.perf_counter() - t
     t = time.perf_counter()
     if len(det.candidates):

@@ -168,7 +168,7 @@ def _analyze_one(path: str, model: str, cells: bool) -> tuple[str, dict | None, 
 
     try:
         res = analyze_capture(path, options=AnalysisOptions(model=model, cells=cells),
-                              progress=lambda m: log.debug("%s: %s", path, m))
+                              progress=lambda m: log.info("%s: %s", Path(path).name, m))
         return path, res, None
     except HoloDiffError as exc:
         return path, None, str(exc)
