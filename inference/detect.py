@@ -142,16 +142,6 @@ def find_peaks(emap: np.ndarray, pixel_um: float, *, threshold_sd: float = THRES
     return np.stack([rr[order], cc[order], vals[order]], axis=1), thr
 
 
-def _subpixel(emap: np.ndarray, r: int, c: int) -> tuple[float, float]:
-    h, w = emap.shape
-    if 0 < r < h - 1 and 0 < c < w - 1:
-        win = emap[r - 1:r + 2, c - 1:c + 2].astype(np.float64)
-        dy = 0.5 * (win[0, 1] - win[2, 1]) / (win[0, 1] - 2 * win[1, 1] + win[2, 1] + 1e-12)
-        dx = 0.5 * (win[1, 0] - win[1, 2]) / (win[1, 0] - 2 * win[1, 1] + win[1, 2] + 1e-12)
-        return r + float(np.clip(dy, -0.5, 0.5)), c + float(np.clip(dx, -0.5, 0.5))
-    return float(r), float(c)
-
-
 def _window(field: np.ndarray, r: int, c: int, n: int) -> np.ndarray:
     """An ``n x n`` window centred on (r, c), edge-padded where it leaves the frame."""
     h, w = field.shape
@@ -179,9 +169,8 @@ class Refocuser:
     cost per cell is one forward FFT per LED and one inverse FFT per depth tried.
     """
 
-    def __init__(self, rec: Reconstruction, wavelengths_nm: dict[str, float], sensor_pitch_um: float,
+    def __init__(self, wavelengths_nm: dict[str, float], sensor_pitch_um: float,
                  source_distance_um: float, *, window_px: int = WINDOW_PX):
-        self.rec = rec
         self.wl = wavelengths_nm
         self.p = sensor_pitch_um
         self.z1 = source_distance_um
@@ -221,23 +210,6 @@ class Refocuser:
                                        wavelength_nm=self.wl[led], distance_um=-dz)
         return out
 
-    def spectra(self, fields: dict[str, np.ndarray], r: int, c: int) -> dict[str, np.ndarray]:
-        """Forward spectra of each LED's tapered window ``u - 1`` around (r, c)."""
-        out = {}
-        for led, u in fields.items():
-            s = _window(u, r, c, self.n) - np.complex64(1.0)
-            out[led] = fft2((s * self.taper).astype(np.complex64))
-        return out
-
-    def stack(self, spectra: dict[str, np.ndarray], plane_um: dict[str, float],
-              distances_um: np.ndarray) -> dict[str, np.ndarray]:
-        """Scattered field ``s`` of every LED at each distance: LED -> (Z, n, n)."""
-        out = {}
-        for led, spec in spectra.items():
-            k = self._kernels(led, plane_um[led], distances_um)
-            out[led] = ifft2(spec[None] * k, overwrite=True)
-        return out
-
 
 def compactness(s: np.ndarray, core: int) -> np.ndarray:
     """``sum|s| / sqrt(sum|s|^2)`` over the central ``core`` pixels of each plane (lower = sharper)."""
@@ -245,32 +217,6 @@ def compactness(s: np.ndarray, core: int) -> np.ndarray:
     a = (n - core) // 2
     m = np.abs(s[..., a:a + core, a:a + core])
     return m.sum(axis=(-1, -2)) / np.sqrt((m * m).sum(axis=(-1, -2)) + 1e-12)
-
-
-def refocus_candidate(ref: Refocuser, spectrum: np.ndarray, led: str, plane_um: float,
-                      floor_um: float, *, depth_range_um: tuple[float, float] = DEPTH_RANGE_UM,
-                      core: int = 24) -> tuple[float, float]:
-    """Own sample distance of a candidate from one LED's window spectrum (coarse then fine).
-
-    Returns
-    -------
-    (distance_um, sharpness)
-        Sharpness is the compactness at the floor plane over the best one (>= 1).
-    """
-    spectra, planes = {led: spectrum}, {led: plane_um}
-    coarse = floor_um + np.arange(depth_range_um[0], depth_range_um[1] + 1e-6, COARSE_STEP_UM)
-    crit = compactness(ref.stack(spectra, planes, coarse)[led], core)
-    i = int(np.argmin(crit))
-    fine = coarse[i] + np.arange(-COARSE_STEP_UM, COARSE_STEP_UM + 1e-6, FINE_STEP_UM)
-    cf = compactness(ref.stack(spectra, planes, fine)[led], core)
-    j = int(np.argmin(cf))
-    z = float(fine[j])
-    if 0 < j < len(fine) - 1:
-        den = cf[j - 1] - 2 * cf[j] + cf[j + 1]
-        if den > 0:
-            z += float(np.clip(0.5 * (cf[j - 1] - cf[j + 1]) / den, -0.5, 0.5)) * FINE_STEP_UM
-    at_floor = float(crit[int(np.argmin(np.abs(coarse - floor_um)))])
-    return z, at_floor / float(cf[j])
 
 
 #: channel slots by wavelength band (nm): one model input layout whatever the LEDs are named
@@ -328,13 +274,6 @@ def _interp_matrix(n: int, centre: float, step_px: float) -> np.ndarray:
     x = centre + (np.arange(CROP_SIZE) - (CROP_SIZE - 1) / 2) * step_px
     basis = _bspline3(x[:, None] - np.arange(n)[None, :])
     return basis @ _prefilter(n)
-
-
-def _resample(s: np.ndarray, cy: float, cx: float, step_px: float) -> np.ndarray:
-    """CROP_SIZE^2 samples of a complex window around (cy, cx) at ``step_px`` window pixels."""
-    my = _interp_matrix(s.shape[0], cy, step_px)
-    mx = _interp_matrix(s.shape[1], cx, step_px)
-    return my @ s @ mx.T
 
 
 def _touching(peaks: np.ndarray, pixel_um: float) -> np.ndarray:
@@ -395,7 +334,7 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
     if not len(peaks):
         return Detections([], empty, present, thr, rec.pixel_um, area)
     touching = _touching(peaks, rec.pixel_um)
-    ref = Refocuser(rec, wavelengths_nm, sensor_pitch_um, source_distance_um)
+    ref = Refocuser(wavelengths_nm, sensor_pitch_um, source_distance_um)
     focus_led = rec.focus_led if rec.focus_led in fields else next(iter(fields))
     leds = list(fields)
     n = ref.n
