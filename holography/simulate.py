@@ -55,7 +55,15 @@ from holography.render import (
     render_objects,
     screen_minus_one,
 )
-from holography.sample import KINDS, N_MEDIUM, WBC_CLASSES, Sample, get_spec, make_sample
+from holography.sample import (
+    KINDS,
+    N_MEDIUM,
+    WBC_CLASSES,
+    Sample,
+    SampleSpec,
+    get_spec,
+    make_sample,
+)
 from holography.sensors import SensorSpec, bayer_channel_map, channel_response, get_sensor
 
 N_GLASS = 1.52
@@ -292,7 +300,7 @@ class _SensorModel:
 
 def simulate_capture(out_dir: str | Path, *, preset: str = "healthy", seed: int = 0,
                      config: SimConfig | None = None, n_dies: int = 1,
-                     sample: Sample | None = None) -> Capture:
+                     sample: Sample | None = None, spec: SampleSpec | None = None) -> Capture:
     """Simulate one test and write it as a ``holodiff-capture/1`` folder plus ``truth.json``.
 
     Parameters
@@ -311,6 +319,8 @@ def simulate_capture(out_dir: str | Path, *, preset: str = "healthy", seed: int 
         Objects to image instead of a preset's blood (a resolution target, beads),
         in sample-plane micrometres with the optical axis at the frame centre
         ``(W p / 2, H p / 2)``.
+    spec : SampleSpec, optional
+        Blood to simulate instead of the preset's (``preset`` then only names it).
 
     Returns
     -------
@@ -341,7 +351,7 @@ def simulate_capture(out_dir: str | Path, *, preset: str = "healthy", seed: int 
     field_um = (axis[0] - (axis[0] + reach) / m_floor, axis[1] - (axis[1] + reach) / m_floor,
                 axis[0] + (axis[0] + reach) / m_floor, axis[1] + (axis[1] + reach) / m_floor)
     preset_name = "empty" if "empty_chamber" in cfg.faults else preset
-    sample_spec = get_spec(preset_name, rng)
+    sample_spec = spec if spec is not None and preset_name == preset else get_spec(preset_name, rng)
     if sample is None:
         sample = make_sample(sample_spec, field_um=field_um,
                              chamber_height_um=optics.chamber_height_um, dilution=optics.dilution,

@@ -198,13 +198,8 @@ def make_labelled(index: int, split: str, *, size: int = 512, crowded: bool = Tr
     spec = crowded_spec(rng) if crowded else random_spec(rng)
     tmp = Path(tempfile.mkdtemp(prefix="holodiff-train-", dir=workdir))
     try:
-        from holography.sample import PRESETS  # registered under a private name for this capture
-        key = f"_dataset_{split}_{index}"
-        PRESETS[key] = spec
-        try:
-            simulate_capture(tmp / "cap", preset=key, seed=seed, config=cfg)
-        finally:
-            PRESETS.pop(key, None)
+        simulate_capture(tmp / "cap", preset=f"{split}-{'crowded' if crowded else 'random'}",
+                         seed=seed, config=cfg, spec=spec)
         det, truth, shape = analyse_for_training(tmp / "cap")
         return label_detections(det, truth, shape)
     finally:
