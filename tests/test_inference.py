@@ -315,3 +315,18 @@ def test_adapt_priors_recovers_the_sample_mix():
     assert np.allclose(adjusted.sum(1), 1.0, atol=1e-5)
     empty, p0 = adapt_priors(np.zeros((0, 4)), np.full(4, 1.0))
     assert empty.shape == (0, 4) and np.allclose(p0, 0.25)
+
+
+@pytest.mark.parametrize("fault, flag", [("saturated", "SATURATED"), ("failed_led", "DARK_FRAME")])
+def test_faulty_captures_are_flagged_not_lost(capdir, classifier, fault, flag):
+    path = capdir(f"fault-{fault}", faults=(fault,), leds=SimConfig().leds, size=(256, 256), seed=9)
+    res = analyze_capture(path, classifier=classifier)
+    assert flag in res["flags"] and res["flag_details"][flag]
+    assert res["cells_classified"] > 0
+
+
+def test_corrupt_frame_is_refused_with_its_reason(capdir, classifier):
+    from holography.errors import CaptureError
+    path = capdir("fault-corrupt", faults=("corrupt_file",), leds=SimConfig().leds, size=(128, 128))
+    with pytest.raises(CaptureError, match="truncated"):
+        analyze_capture(path, classifier=classifier)
