@@ -39,17 +39,22 @@ PRESETS_CYCLE = ("healthy", "random", "septic", "lymphocytosis", "eosinophilia",
 GRAN = {c: g for g, members in THREE_PART.items() for c in members}
 
 
-def make_test_captures(out: Path, n: int, *, size: int, start: int = 0, log=print) -> list[Path]:
-    """Simulate (or reuse) ``n`` held-out test captures under ``out``."""
+def make_test_captures(out: Path, n: int, *, size: int, start: int = 0, split: str = "test",
+                       log=print) -> list[Path]:
+    """Simulate (or reuse) ``n`` ordinary-blood captures of ``split``'s conditions under ``out``.
+
+    ``split="test"`` makes the held-out test set; ``split="train"`` makes
+    validation captures under training conditions (seeds apart from the training set's).
+    """
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(start, start + n):
-        seed = SEED_BASE["test"] + 100_000 + i
+        seed = SEED_BASE[split] + 100_000 + i
         rng = np.random.default_rng(seed)
         sensor = SENSORS_CYCLE[i % len(SENSORS_CYCLE)]
         preset = PRESETS_CYCLE[(i // len(SENSORS_CYCLE)) % len(PRESETS_CYCLE)]
-        cfg = random_config(rng, "test", size=(size, size) if size else None, sensor=sensor)
-        path = out / f"test-{i:04d}-{sensor}-{preset}-{size or 'full'}"
+        cfg = random_config(rng, split, size=(size, size) if size else None, sensor=sensor)
+        path = out / f"{'test' if split == 'test' else 'val'}-{i:04d}-{sensor}-{preset}-{size or 'full'}"
         if not (path / "truth.json").exists():
             t = time.perf_counter()
             simulate_capture(path, preset=preset, seed=seed, config=cfg)
@@ -100,7 +105,8 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
     K = len(WBC_CLASSES)
     acc: dict[str, dict[str, Any]] = {
         name: {"pairs": [], "vol_err": [], "wbc_ratio": [], "coverage5": [], "coverage3": [],
-               "mdw": [], "tp": 0, "fp": 0, "fn": 0, "crops_per_s": []}
+               "mdw": [], "tp": 0, "fp": 0, "fn": 0, "crops_per_s": [],
+               "raw_confusion": np.zeros((len(WBC_CLASSES), len(WBC_CLASSES)), np.int64)}
         for name in models}
     for path in captures:
         t0 = time.perf_counter()
@@ -128,12 +134,15 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
                                train_priors=clf.train_priors)
             s = summarise(calls, imaged_area_mm2=det.imaged_area_mm2,
                           chamber_height_um=chamber["height_um"], dilution=chamber["dilution"],
-                          qc_flags=[])
+                          qc_flags=[], confusion_counts=clf.confusion_counts)
             called_wbc = set()
             for k, c in enumerate(calls):
                 j = idx[k]
                 is_wbc_call = c.cls is not None or c.reject_reason == "low confidence"
                 truth_wbc = j >= 0 and objs[j]["kind"] in WBC_CLASSES
+                if truth_wbc and c.raw_call is not None:
+                    a["raw_confusion"][WBC_CLASSES.index(objs[j]["kind"]),
+                                       WBC_CLASSES.index(c.raw_call)] += 1
                 if is_wbc_call and truth_wbc:
                     a["tp"] += 1
                     called_wbc.add(j)
@@ -206,6 +215,7 @@ def _report(a: dict[str, Any]) -> dict[str, Any]:
                 "median_error_pct": round(float(np.median(100 * (mdw[:, 0] / mdw[:, 1] - 1))), 2)}
         if len(mdw) else None,
         "crops_per_s": round(float(np.median(a["crops_per_s"])), 0) if a["crops_per_s"] else None,
+        "raw_confusion_counts": a["raw_confusion"].tolist(),
     }
 
 
@@ -251,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fresh", action="store_true", help="recompute cached detections")
     ap.add_argument("--update-card", action="store_true",
                     help="write the figures into the shipped model's card")
+    ap.add_argument("--split", choices=("test", "train"), default="test",
+                    help="conditions of the captures: held-out test, or training conditions "
+                         "(validation captures, seeds apart from the training set)")
+    ap.add_argument("--write-confusion", action="store_true",
+                    help="store the shipped model's raw confusion on these captures in its card "
+                         "(use with --split train: the analysis uses it for its intervals)")
     args = ap.parse_args(argv)
 
     def log(m: str) -> None:
@@ -259,10 +275,21 @@ def main(argv: list[str] | None = None) -> int:
     paths = args.model or [str(DEFAULT_MODEL), str(DEFAULT_MODEL.with_suffix(".fp32.onnx"))]
     models = {Path(p).name: Classifier(p) for p in paths if Path(p).exists()}
     caps = make_test_captures(Path(args.out), args.captures, size=args.size, start=args.start,
-                              log=log)
+                              split=args.split, log=log)
     rep = evaluate(caps, models, log=log, fresh=args.fresh)
+    card_path = DEFAULT_MODEL.with_name(DEFAULT_MODEL.stem + ".card.json")
+    if args.write_confusion:
+        if args.split != "train":
+            raise SystemExit("--write-confusion needs --split train (never the test conditions)")
+        card = json.loads(card_path.read_text())
+        card["confusion_validation"] = {
+            "rows_truth": list(WBC_CLASSES), "columns_raw_call": list(WBC_CLASSES),
+            "counts": rep[DEFAULT_MODEL.name]["raw_confusion_counts"],
+            "captures": [p.name for p in caps],
+            "command": "holodiff evaluate " + " ".join(argv or sys.argv[1:])}
+        card_path.write_text(json.dumps(card, indent=1) + "\n")
+        log(f"stored the validation confusion in {card_path}")
     if args.update_card:
-        card_path = DEFAULT_MODEL.with_name(DEFAULT_MODEL.stem + ".card.json")
         card = json.loads(card_path.read_text())
         names = {DEFAULT_MODEL.name: "int8", DEFAULT_MODEL.with_suffix(".fp32.onnx").name: "fp32"}
         card["accuracy"] = {names.get(k, k): v for k, v in rep.items()}

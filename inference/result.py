@@ -124,6 +124,7 @@ class CellCall:
     clump: bool
     reject_reason: str | None = None
     probabilities: dict[str, float] = field(default_factory=dict)
+    raw_call: str | None = None  # the network's own most probable class (before adaptation)
 
 
 def adapt_priors(probs: np.ndarray, train_priors: np.ndarray, *, iterations: int = 200,
@@ -169,11 +170,12 @@ def call_cells(candidates: list, probs: np.ndarray, volumes: np.ndarray, classes
     With ``train_priors`` the posteriors are first adapted to this sample's
     class mix (:func:`adapt_priors`).
     """
+    raw = [classes[int(np.argmax(p))] for p in probs]
     if train_priors is not None and len(probs):
         probs, _ = adapt_priors(probs, train_priors)
     wbc_idx = [classes.index(c) for c in WBC_CLASSES]
     calls = []
-    for c, p, v in zip(candidates, probs, volumes, strict=True):
+    for c, p, v, r in zip(candidates, probs, volumes, raw, strict=True):
         best = int(np.argmax(p))
         w = int(wbc_idx[int(np.argmax(p[wbc_idx]))])
         reason = None
@@ -188,21 +190,82 @@ def call_cells(candidates: list, probs: np.ndarray, volumes: np.ndarray, classes
         calls.append(CellCall(
             x=c.x, y=c.y, cls=None if reason else classes[w], confidence=float(p[w]),
             diameter_um=c.diameter_um, volume_fl=float(v), depth_um=c.depth_um, clump=c.clump,
-            reject_reason=reason, probabilities={k: float(q) for k, q in zip(classes, p, strict=True)}))
+            reject_reason=reason, probabilities={k: float(q) for k, q in zip(classes, p, strict=True)},
+            raw_call=r if r in WBC_CLASSES and reason in (None, "low confidence") else None))
     return calls
 
 
+def misclassification_intervals(raw_counts: np.ndarray, confusion_counts: np.ndarray,
+                                conf: float = 0.95) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Intervals of the true class proportions given the network's own calls and its confusion.
+
+    ``confusion_counts[i, j]`` counts white cells of true class ``i`` that the
+    network called ``j`` on validation captures (training conditions, seeds of
+    their own). With ``C`` its row-normalised form, the expected call
+    proportions are ``q = C^T pi``; ``pi = C^-T q`` is the misclassification-
+    corrected estimate (the "matrix method" of adjusted counting), and its
+    covariance combines the multinomial error of ``q`` and the error of ``C``
+    from its validation counts (delta method).
+
+    Returns
+    -------
+    (lo, hi, groups)
+        Per-class bounds (fractions) and ``groups[name] = (lo, hi)`` for the
+        3-part groups.
+    """
+    z = float(stats.norm.ppf(0.5 + conf / 2))
+    n = float(raw_counts.sum())
+    k = len(raw_counts)
+    rows = confusion_counts.sum(axis=1, keepdims=True).astype(np.float64)
+    C = confusion_counts / np.maximum(rows, 1.0)
+    if n <= 0:
+        return np.zeros(k), np.ones(k), {g: (0.0, 1.0) for g in THREE_PART}
+    q = raw_counts / n
+    P = np.linalg.pinv(C.T)
+    pi = P @ q
+    cov = P @ ((np.diag(q) - np.outer(q, q)) / n) @ P.T
+    for i in range(k):
+        ci = C[i]
+        cov_ci = (np.diag(ci) - np.outer(ci, ci)) / max(float(rows[i, 0]), 1.0)
+        cov += (pi[i] ** 2) * (P @ cov_ci @ P.T)
+    sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    lo = np.clip(pi - z * sd, 0.0, 1.0)
+    hi = np.clip(pi + z * sd, 0.0, 1.0)
+    groups = {}
+    for g, members in THREE_PART.items():
+        w = np.array([1.0 if c in members else 0.0 for c in WBC_CLASSES])
+        m, s = float(w @ pi), float(np.sqrt(max(w @ cov @ w, 0.0)))
+        groups[g] = (min(max(m - z * s, 0.0), 1.0), min(max(m + z * s, 0.0), 1.0))
+    return lo, hi, groups
+
+
 def summarise(calls: list[CellCall], *, imaged_area_mm2: float, chamber_height_um: float,
-              dilution: float, qc_flags: list[str]) -> dict[str, Any]:
-    """Counts, differentials with intervals, concentration, MDW and flags."""
+              dilution: float, qc_flags: list[str],
+              confusion_counts: np.ndarray | None = None) -> dict[str, Any]:
+    """Counts, differentials with intervals, concentration, MDW and flags.
+
+    Each interval spans the Wilson interval of the reported count and, when the
+    model's validation confusion is known, the misclassification-corrected
+    interval of :func:`misclassification_intervals` (their union), so that it
+    holds both the counting and the classification uncertainty.
+    """
     counted = [c for c in calls if c.cls is not None]
     counts = {k: sum(1 for c in counted if c.cls == k) for k in WBC_CLASSES}
     n = len(counted)
     diff5 = _rounded_percentages(counts)
-    ci5 = {k: [round(100 * b, 1) for b in wilson_interval(counts[k], n)] for k in WBC_CLASSES}
+    wil5 = {k: wilson_interval(counts[k], n) for k in WBC_CLASSES}
     c3 = {k: sum(counts[m] for m in members) for k, members in THREE_PART.items()}
     diff3 = _rounded_percentages(c3)
-    ci3 = {k: [round(100 * b, 1) for b in wilson_interval(c3[k], n)] for k in THREE_PART}
+    wil3 = {k: wilson_interval(c3[k], n) for k in THREE_PART}
+    if confusion_counts is not None and n:
+        raw = np.array([sum(1 for c in calls if c.raw_call == k) for k in WBC_CLASSES], np.float64)
+        lo, hi, groups = misclassification_intervals(raw, np.asarray(confusion_counts, np.float64))
+        for i, k in enumerate(WBC_CLASSES):
+            wil5[k] = (min(wil5[k][0], lo[i]), max(wil5[k][1], hi[i]))
+        for g in THREE_PART:
+            wil3[g] = (min(wil3[g][0], groups[g][0]), max(wil3[g][1], groups[g][1]))
+    ci5 = {k: [round(100 * b, 1) for b in wil5[k]] for k in WBC_CLASSES}
+    ci3 = {k: [round(100 * b, 1) for b in wil3[k]] for k in THREE_PART}
     low_conf = sum(1 for c in calls if c.reject_reason == "low confidence")
     # the concentration counts every white cell, classified or not
     n_wbc = n + low_conf

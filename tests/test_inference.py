@@ -330,3 +330,30 @@ def test_corrupt_frame_is_refused_with_its_reason(capdir, classifier):
     path = capdir("fault-corrupt", faults=("corrupt_file",), leds=SimConfig().leds, size=(128, 128))
     with pytest.raises(CaptureError, match="truncated"):
         analyze_capture(path, classifier=classifier)
+
+
+def test_misclassification_intervals_cover_the_true_mix():
+    from inference.result import misclassification_intervals
+    rng = np.random.default_rng(5)
+    # eosinophils mostly called neutrophils, monocytes often: a weak classifier
+    C = np.array([[0.90, 0.02, 0.05, 0.02, 0.01],
+                  [0.03, 0.95, 0.01, 0.00, 0.01],
+                  [0.35, 0.01, 0.60, 0.03, 0.01],
+                  [0.60, 0.02, 0.03, 0.33, 0.02],
+                  [0.40, 0.05, 0.00, 0.05, 0.50]])
+    validation = np.round(C * 4000).astype(np.int64)
+    pi = np.array([0.58, 0.28, 0.07, 0.05, 0.02])
+    hits = np.zeros(5)
+    widths = np.zeros(5)
+    trials = 400
+    for _ in range(trials):
+        calls = rng.multinomial(2000, C.T @ pi)
+        lo, hi, groups = misclassification_intervals(calls.astype(float), validation)
+        hits += (lo <= pi) & (pi <= hi)
+        widths += hi - lo
+    assert np.all(hits / trials > 0.90), hits / trials
+    # the naive proportion of eosinophil calls is far below the truth; the interval is not
+    naive = (C.T @ pi)[3]
+    assert naive < 0.7 * pi[3]
+    # an ambiguous class gets a wider interval than a well-separated one
+    assert widths[3] > widths[1]
