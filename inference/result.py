@@ -5,10 +5,14 @@ WBC concentration, per-cell volume, MDW with its interval, and QC flags.
 
 Figures and limits
 ------------------
-- Confidence intervals: Wilson score interval for a binomial proportion
+- Confidence intervals: the union of the Wilson score interval of the count
   (Wilson, J. Am. Stat. Assoc. 22:209, 1927; recommended over the Wald interval
-  by Brown, Cai & DasGupta, Stat. Sci. 16(2):101, 2001). It reflects counting
-  statistics only; classification errors are measured separately (README).
+  by Brown, Cai & DasGupta, Stat. Sci. 16(2):101, 2001), which holds counting
+  error, and a misclassification-corrected interval: the network's own calls
+  corrected by its confusion on validation captures (the "matrix method" of
+  adjusted counting, e.g. Buck, Gart & Tarone, Biometrika 53:123, 1966 on
+  misclassified binomial data; Forman, Data Min. Knowl. Discov. 17:164, 2008),
+  with a delta-method variance (:func:`misclassification_intervals`).
 - WBC per uL of blood: white cells counted / (imaged sample-plane area x
   chamber height / dilution).
 - MDW: standard deviation of the monocyte volumes (fL), reported from
