@@ -10,8 +10,8 @@ Figures and limits
   by Brown, Cai & DasGupta, Stat. Sci. 16(2):101, 2001), which holds counting
   error, and a misclassification-corrected interval: the network's own calls
   corrected by its confusion on validation captures (the "matrix method" of
-  adjusted counting, e.g. Buck, Gart & Tarone, Biometrika 53:123, 1966 on
-  misclassified binomial data; Forman, Data Min. Knowl. Discov. 17:164, 2008),
+  adjusted counting; Forman, "Quantifying counts and costs via
+  classification", Data Min. Knowl. Discov. 17(2):164, 2008),
   with a delta-method variance (:func:`misclassification_intervals`).
 - WBC per uL of blood: white cells counted / (imaged sample-plane area x
   chamber height / dilution).
