@@ -89,7 +89,7 @@ def _calls(classes, n_each, *, volume=450.0, spread=0.0, clump=False):
         for _ in range(n):
             out.append(CellCall(x=0, y=0, cls=cls, confidence=0.9, diameter_um=8,
                                 volume_fl=float(volume * (1 + spread * rng.standard_normal())),
-                                depth_um=3, clump=clump))
+                                depth_um=3, clump=clump, probabilities={cls: 1.0}))
     return out
 
 
@@ -294,6 +294,25 @@ def test_match_is_one_to_one_and_prefers_white_cells():
     # the candidate nearer the platelet still takes the white cell when only one candidate
     idx, _ = match(cands[:1], truth, 1.5, (100, 100))
     assert idx[0] == 0
+
+
+def test_mdw_weights_cells_by_their_monocyte_probability():
+    from inference.result import CellCall, monocyte_distribution_width
+    rng = np.random.default_rng(2)
+    cells = []
+    # 200 clear monocytes (SD 60 fL) and 400 neutrophils with a 5 % monocyte probability
+    for v in rng.normal(450, 60, 200):
+        cells.append(CellCall(x=0, y=0, cls="monocyte", confidence=0.9, diameter_um=9, volume_fl=v,
+                              depth_um=0, clump=False, probabilities={"monocyte": 0.9}))
+    for v in rng.normal(350, 40, 400):
+        cells.append(CellCall(x=0, y=0, cls="neutrophil", confidence=0.9, diameter_um=8,
+                              volume_fl=v, depth_um=0, clump=False, probabilities={"monocyte": 0.05}))
+    mdw = monocyte_distribution_width(cells)
+    assert 190 <= mdw["n"] <= 210
+    assert 420 < mdw["mean_fl"] < 450 and 55 < mdw["sd_fl"] < 75
+    lo, hi = mdw["sd_ci95_fl"]
+    assert lo < mdw["sd_fl"] < hi
+    assert monocyte_distribution_width(cells[200:])["sd_fl"] is None  # 400 x 0.05: too few
 
 
 def test_adapt_priors_recovers_the_sample_mix():
