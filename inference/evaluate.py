@@ -13,7 +13,7 @@ model:
   columns call; cells rejected as "low confidence" are counted as errors);
 - volume error of correctly detected white cells (median absolute percent);
 - WBC per uL against the count implied by the imaged volume and the truth;
-- coverage of the 95 % Wilson intervals: how often each capture's interval
+- coverage of the 95 % intervals: how often each capture's interval
   holds the sample's true proportion;
 - MDW against the truth's monocyte volume SD where enough monocytes were seen.
 """

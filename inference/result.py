@@ -1,6 +1,6 @@
 """From classified cells to the ``holodiff-result/1`` object (INTERFACES.md section 2).
 
-Counts, 5-part and 3-part differentials with 95 % Wilson score intervals,
+Counts, 5-part and 3-part differentials with 95 % intervals (counting and classification error),
 WBC concentration, per-cell volume, MDW with its interval, and QC flags.
 
 Figures and limits
