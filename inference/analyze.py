@@ -18,7 +18,7 @@ from holography.capture import Capture, read_capture
 from holography.reconstruct import ReconOptions, reconstruct_capture
 from holography.sample import N_MEDIUM
 from inference.classify import DEFAULT_MODEL, Classifier
-from inference.detect import detect_cells
+from inference.detect import detect_in_capture
 from inference.result import FLAG_TEXT, FORMAT, call_cells, cell_records, summarise
 
 
@@ -55,11 +55,9 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
     say(f"detecting cells (sample at {rec.plane.distance_um:.0f} um)" if rec.plane else
         "detecting cells")
     t = time.perf_counter()
-    det = detect_cells(rec, {led: cap.wavelength_nm(led) for led in cap.leds},
-                       sensor_pitch_um=cap.sensor.pixel_pitch_um,
-                       source_distance_um=cap.geometry.source_distance_mm * 1000.0,
-                       progress=lambda k, n: say(f"refocused {k}/{n} candidates")
-                       if k == n or k % 1024 < 64 else None)
+    det = detect_in_capture(
+        cap, rec, progress=lambda k, n: say(f"refocused {k}/{n} candidates")
+        if k == n or k % 1024 < 64 else None)
     t_det = time.perf_counter() - t
     t = time.perf_counter()
     if len(det.candidates):

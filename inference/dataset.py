@@ -34,7 +34,7 @@ from holography.reconstruct import reconstruct_capture
 from holography.sample import WBC_CLASSES, SampleSpec, random_spec
 from holography.sensors import SENSORS
 from holography.simulate import DEFAULT_LEDS, LedSpec, Optics, SimConfig, simulate_capture
-from inference.detect import Detections, detect_cells
+from inference.detect import Detections, detect_in_capture
 
 #: model classes: the five white cells and everything else
 CLASSES = (*WBC_CLASSES, "other")
@@ -182,9 +182,7 @@ def analyse_for_training(capture_dir: Path) -> tuple[Detections, dict, tuple[int
     """Reconstruct and detect one simulated capture; return its detections and truth."""
     cap = read_capture(capture_dir)
     rec = reconstruct_capture(cap)
-    det = detect_cells(rec, {led: cap.wavelength_nm(led) for led in cap.leds},
-                       sensor_pitch_um=cap.sensor.pixel_pitch_um,
-                       source_distance_um=cap.geometry.source_distance_mm * 1000.0)
+    det = detect_in_capture(cap, rec)
     truth = json.loads((Path(capture_dir) / "truth.json").read_text())
     return det, truth, cap.shape
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.ndimage as ndi
 
+from holography.capture import Capture
 from holography.propagation import fft2, ifft2, transfer_function
 from holography.reconstruct import Reconstruction, sensor_distance
 
@@ -427,3 +428,11 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
         if progress is not None:
             progress(min(k0 + chunk, len(peaks)), len(peaks))
     return Detections(cands, crops, present, thr, rec.pixel_um, area)
+
+
+def detect_in_capture(capture: Capture, rec: Reconstruction, *, progress=None) -> Detections:
+    """:func:`detect_cells` with the wavelengths and geometry taken from the capture's metadata."""
+    return detect_cells(rec, {led: capture.wavelength_nm(led) for led in capture.leds},
+                        sensor_pitch_um=capture.sensor.pixel_pitch_um,
+                        source_distance_um=capture.geometry.source_distance_mm * 1000.0,
+                        progress=progress)

@@ -50,8 +50,8 @@ LOW_COUNT_CELLS = 200
 #: more than this fraction of white cells touching others: CLUMPS
 CLUMP_LIMIT = 0.10
 #: DEBRIS: more non-white-cell objects than this many per white cell, and more than
-#: DEBRIS_PER_UL of them per uL of blood (healthy simulated samples: about 0.8 per white cell
-#: and 6,000 per uL, mostly platelet clusters, ghosts and debris)
+#: DEBRIS_PER_UL of them per uL of blood (a healthy simulated full-sensor capture: about 1.2
+#: per white cell and 8,500 per uL, mostly platelet clusters, ghosts and debris)
 DEBRIS_PER_WBC = 3.0
 DEBRIS_PER_UL = 15000.0
 #: more than this fraction of white-cell candidates left unclassified: LOW_CONFIDENCE

@@ -16,7 +16,7 @@ from holography.simulate import Optics, SimConfig, simulate_capture
 from inference.analyze import AnalysisOptions, analyze_capture
 from inference.classify import DEFAULT_MODEL, Classifier, ModelError
 from inference.dataset import CLASSES, OTHER, label_detections, match, random_config
-from inference.detect import CROP_SIZE, N_CHANNELS, detect_cells
+from inference.detect import CROP_SIZE, N_CHANNELS, detect_in_capture
 from inference.result import (
     _rounded_percentages,
     sd_interval,
@@ -28,9 +28,7 @@ from inference.result import (
 def _detect(path):
     cap = read_capture(path)
     rec = reconstruct_capture(cap)
-    det = detect_cells(rec, {led: cap.wavelength_nm(led) for led in cap.leds},
-                       sensor_pitch_um=cap.sensor.pixel_pitch_um,
-                       source_distance_um=cap.geometry.source_distance_mm * 1000.0)
+    det = detect_in_capture(cap, rec)
     truth = json.loads((path / "truth.json").read_text())
     return cap, rec, det, truth
 
@@ -162,10 +160,8 @@ def test_refocus_finds_a_floating_cell(tmp_path, h_um):
     assert abs(best.distance_um - truth["objects"][0]["distance_um"]) < 20.0, (best, true_depth)
 
 
-def test_dust_on_the_cover_glass_is_outside_the_chamber(tmp_path, capdir):
-    # dust above a chamber whose floor cells fix the plane
-    base = read_capture(capdir("small"))
-    assert base is not None
+def test_dust_on_the_cover_glass_is_outside_the_chamber(tmp_path):
+    # dust on the cover glass above a chamber whose floor cell fixes the plane
     cfg = SimConfig(size=(256, 256))
     s = _one_object_sample("dust", 0.0, on_cover=True)
     cell = _one_object_sample("lymphocyte", 4.2)

@@ -212,25 +212,25 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     Classifier(model)  # fail early, once, on a missing or broken model
     jobs = max(1, min(args.jobs or (os.cpu_count() or 1), len(args.captures)))
     log.info("analysing %d capture(s), %d at a time", len(args.captures), jobs)
+
+    def report(outcomes) -> int:
+        bad = 0
+        for path, res, err in outcomes:
+            if err is not None:
+                bad += 1
+                print(f"holodiff: error: {path}: {err}", file=sys.stderr)
+                continue
+            log.info("%s: %d white cells in %.1f s", path, res["cells_classified"],
+                     res["timing_s"]["total"])
+            print(json.dumps(res) if args.json else format_report(res), flush=True)
+        return bad
+
+    n = len(args.captures)
     if jobs == 1:
-        outcomes = (_analyze_one(p, model, args.cells) for p in args.captures)
+        failed = report(_analyze_one(p, model, args.cells) for p in args.captures)
     else:
-        ex = ProcessPoolExecutor(jobs)
-        outcomes = ex.map(_analyze_one, args.captures, [model] * len(args.captures),
-                          [args.cells] * len(args.captures))
-    failed = 0
-    for path, res, err in outcomes:
-        if err is not None:
-            failed += 1
-            print(f"holodiff: error: {path}: {err}", file=sys.stderr)
-            continue
-        log.info("%s: %d white cells in %.1f s", path, res["cells_classified"], res["timing_s"]["total"])
-        if args.json:
-            print(json.dumps(res), flush=True)
-        else:
-            print(format_report(res), flush=True)
-    if jobs > 1:
-        ex.shutdown()
+        with ProcessPoolExecutor(jobs) as ex:
+            failed = report(ex.map(_analyze_one, args.captures, [model] * n, [args.cells] * n))
     return 2 if failed else 0
 
 

@@ -30,7 +30,7 @@ from holography.capture import read_capture
 from holography.reconstruct import reconstruct_capture
 from holography.simulate import SimConfig, simulate_capture
 from inference.classify import DEFAULT_MODEL, Classifier
-from inference.detect import detect_cells
+from inference.detect import detect_in_capture
 
 
 def fft_pair_floor(shape, repeats=3):
@@ -99,9 +99,7 @@ def main() -> int:
     }
     # classifier throughput on this capture's crops
     rec = reconstruct_capture(cap)
-    det = detect_cells(rec, {led: cap.wavelength_nm(led) for led in cap.leds},
-                       sensor_pitch_um=cap.sensor.pixel_pitch_um,
-                       source_distance_um=cap.geometry.source_distance_mm * 1000.0)
+    det = detect_in_capture(cap, rec)
     thr = {}
     for name, path in (("int8", DEFAULT_MODEL), ("fp32", DEFAULT_MODEL.with_suffix(".fp32.onnx"))):
         for threads in (1, os.cpu_count() or 1):
