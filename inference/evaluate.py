@@ -71,13 +71,18 @@ def _confusion(pairs: list[tuple[int, int]], k: int) -> np.ndarray:
 
 
 def _detections(path: Path, fresh: bool):
-    """Detections of a test capture, cached beside it (keyed by the detection code's hash)."""
+    """Detections of a test capture, cached beside it (keyed by the hash of the code that makes them)."""
     import hashlib
 
+    from holography import raw, reconstruct
     from inference import detect
     from inference.detect import Candidate, Detections
 
-    key = hashlib.sha256(Path(detect.__file__).read_bytes()).hexdigest()[:16]
+    # the detections depend on the raw handling, the reconstruction and the detection code
+    digest = hashlib.sha256()
+    for module in (raw, reconstruct, detect):
+        digest.update(Path(module.__file__).read_bytes())
+    key = digest.hexdigest()[:16]
     cache = path / f"eval-detections-{key}.npz"
     truth = json.loads((path / "truth.json").read_text())
     shape = tuple(json.loads((path / "capture.json").read_text())["sensor"][k]
