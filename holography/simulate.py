@@ -289,12 +289,13 @@ class _SensorModel:
         self.read_e = spec.read_noise_e * config.read_noise_scale
         self.gain = self.full_well / (spec.max_code - spec.black_level)
 
-    def expose(self, electrons: np.ndarray, *, frames: int = 1) -> np.ndarray:
+    def expose(self, electrons: np.ndarray, *, frames: int = 1,
+               analogue_gain: float = 1.0) -> np.ndarray:
         """Raw uint16 frame (average of ``frames`` exposures) from mean electrons."""
         rng = self.rng
         e = rng.poisson(np.clip(electrons, 0, None) * frames).astype(np.float32) / frames
         e += rng.standard_normal(self.shape).astype(np.float32) * (self.read_e / math.sqrt(frames))
-        dn = e / self.gain + self.spec.black_level + self.dsnu + self.hot_dn
+        dn = e * (analogue_gain / self.gain) + self.spec.black_level + self.dsnu + self.hot_dn
         return np.clip(np.rint(dn), 0, self.spec.max_code).astype(np.uint16)
 
 
@@ -459,3 +460,138 @@ def _truth(placed: _Placed, spec: Any, preset: str, seed: int, cfg: SimConfig,
         "wbc_counts_in_frame": counts,
         "objects": objs,
     }
+
+
+#: exposure (us) at analogue gain 1 that fills ``SimConfig.exposure_fill`` of the full well in
+#: the centre of an empty-chamber frame for an LED of nominal power
+REFERENCE_EXPOSURE_US = 2000.0
+
+
+class VirtualBench:
+    """The simulated instrument frame by frame: what the device twin's camera records.
+
+    :func:`simulate_capture` writes a whole capture at once; the device layer's
+    simulated camera instead asks for one raw frame at a time, with the LED die,
+    exposure and analogue gain its acquisition sequence chose, while a sample
+    is in the chamber or not (empty-chamber flats). Same physics and sensor
+    model as :func:`simulate_capture`.
+
+    Parameters
+    ----------
+    config : SimConfig
+        Sensor, window size, optics. ``config.size`` is the read-out window.
+    seed : int
+        Seed of the bench's own generator (sensor fixed pattern, noise, LED powers).
+    led_power : dict, optional
+        Relative optical power per LED colour name (default: drawn in 0.7-1.3,
+        so that per-LED exposure setting has something to correct).
+    """
+
+    def __init__(self, config: SimConfig | None = None, *, seed: int = 0,
+                 led_power: dict[str, float] | None = None):
+        self.config = cfg = config or SimConfig()
+        self.rng = np.random.default_rng(seed)
+        self.sensor_spec = get_sensor(cfg.sensor)
+        self.bayer = self.sensor_spec.bayer if cfg.bayer == "sensor-default" else cfg.bayer
+        W, H = cfg.size if cfg.size is not None else (self.sensor_spec.width,
+                                                       self.sensor_spec.height)
+        if W % 2 or H % 2 or W < 32 or H < 32:
+            raise SimulationError(f"frame size must be even and at least 32 px (got {W}x{H})")
+        self.shape = (H, W)
+        self.pitch = self.sensor_spec.pixel_pitch_um
+        self.axis = (W * self.pitch / 2, H * self.pitch / 2)
+        self.sensor = _SensorModel(self.sensor_spec, self.bayer, self.shape, self.rng, cfg)
+        self.led_power = dict(led_power) if led_power is not None else {
+            led.name: float(self.rng.uniform(0.7, 1.3)) for led in cfg.leds}
+        self._placed: _Placed | None = None
+        self._spec: Any = None
+        self._preset = "empty"
+        self._sample_seed = 0
+        self._cache: dict[tuple[str, float, float], np.ndarray] = {}
+        self._qe: dict[str, np.ndarray] = {}
+
+    # -- the chamber ---------------------------------------------------------
+    def load_sample(self, preset: str = "healthy", *, seed: int = 0,
+                    spec: SampleSpec | None = None, sample: Sample | None = None) -> None:
+        """Put a sample in the chamber (a preset's blood, a given spec, or given objects)."""
+        optics = self.config.optics
+        z1 = optics.source_distance_mm * 1000.0
+        m_floor = (z1 + optics.floor_distance_um) / z1
+        ax, ay = self.axis
+        reach = 150.0
+        field_um = (ax - (ax + reach) / m_floor, ay - (ay + reach) / m_floor,
+                    ax + (ax + reach) / m_floor, ay + (ay + reach) / m_floor)
+        rng = np.random.default_rng(seed)
+        sample_spec = spec if spec is not None else get_spec(preset, rng)
+        if sample is None:
+            sample = make_sample(sample_spec, field_um=field_um,
+                                 chamber_height_um=optics.chamber_height_um,
+                                 dilution=optics.dilution, rng=rng,
+                                 cover_glass_um=optics.cover_glass_um)
+        self._placed = _place(sample, optics, self.axis)
+        self._spec = sample_spec
+        self._preset = preset
+        self._sample_seed = seed
+        self._cache.clear()
+
+    def unload(self) -> None:
+        """Empty the chamber."""
+        self._placed = None
+        self._spec = None
+        self._preset = "empty"
+        self._cache.clear()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a sample is in the chamber."""
+        return self._placed is not None
+
+    def truth(self, dies: list[tuple[float, float]] | None = None) -> dict[str, Any]:
+        """The simulator's truth about the loaded sample (as ``truth.json`` of a capture)."""
+        if self._placed is None:
+            raise SimulationError("no sample is loaded in the virtual chamber")
+        return _truth(self._placed, self._spec, self._preset, self._sample_seed, self.config,
+                      self.axis, self.pitch, list(dies or [(0.0, 0.0)]))
+
+    # -- the camera ------------------------------------------------------------
+    def _qe_px(self, led: LedSpec) -> np.ndarray:
+        if led.name not in self._qe:
+            resp = channel_response(led.wavelength_nm)
+            qe = np.array([resp["R"], resp["G"], resp["B"]], np.float32)
+            self._qe[led.name] = qe[self.sensor.chan] / qe[np.unique(self.sensor.chan)].max()
+        return self._qe[led.name]
+
+    def frame(self, led: LedSpec | None, die: tuple[float, float] = (0.0, 0.0), *,
+              exposure_us: float, analogue_gain: float = 1.0, power: float = 1.0) -> np.ndarray:
+        """One raw frame, ``(H, W) uint16``, black level included.
+
+        Parameters
+        ----------
+        led : LedSpec or None
+            The lit LED colour, or ``None`` for a dark frame (all LEDs off).
+        die : (float, float)
+            Lateral offset of the lit die in the LED plane, um.
+        exposure_us, analogue_gain : float
+            Camera settings; the signal scales with both, the full well clips.
+        power : float
+            Relative drive of the die (PWM duty over its nominal one; 0 for a dead die).
+        """
+        cfg = self.config
+        optics = cfg.optics
+        if led is None:
+            return self.sensor.expose(np.zeros(self.shape, np.float32),
+                                      analogue_gain=analogue_gain)
+        z1 = optics.source_distance_mm * 1000.0
+        rate = cfg.exposure_fill * self.sensor.full_well / REFERENCE_EXPOSURE_US
+        scale = rate * exposure_us * power * self.led_power.get(led.name, 1.0)
+        illum = _illumination(self.shape, self.pitch, die, z1 + optics.floor_distance_um)
+        if self._placed is None:
+            inten = np.float32(1.0)
+        else:
+            key = (led.name, float(die[0]), float(die[1]))
+            if key not in self._cache:
+                self._cache[key] = render_intensity(self._placed, led, die, frame_shape=self.shape,
+                                                    pitch=self.pitch, config=cfg)
+            inten = self._cache[key]
+        electrons = inten * illum * self._qe_px(led) * self.sensor.prnu * np.float32(scale)
+        return self.sensor.expose(electrons, analogue_gain=analogue_gain)

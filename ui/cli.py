@@ -29,16 +29,9 @@ from holography.reconstruct import (
 from holography.sample import PRESETS
 from holography.sensors import BAYER_PATTERNS, SENSORS
 from holography.simulate import FAULTS, SimConfig, simulate_capture
+from ui.cli_device import add_parsers
 
 log = logging.getLogger("holodiff")
-
-
-def _home() -> Path:
-    env = os.environ.get("HOLODIFF_HOME")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "holodiff"
 
 
 def _finite(v: float) -> float | None:
@@ -129,39 +122,6 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """``holodiff demo``: simulate a sample on the simulated analyzer and analyse it."""
-    from inference.analyze import analyze_capture
-
-    out = Path(args.out) if args.out else _home() / "demo"
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    cap_dir = out / f"capture-{stamp}"
-    log.info("1/3 simulating a %s sample on the simulated analyzer (seed %d)", args.preset,
-             args.seed)
-    t0 = time.perf_counter()
-    simulate_capture(cap_dir, preset=args.preset, seed=args.seed,
-                     config=SimConfig(size=(args.size, args.size)))
-    t1 = time.perf_counter()
-    log.info("2/3 analysing: reconstruction, cell detection, classification")
-    res = analyze_capture(cap_dir, progress=lambda m: log.debug("%s", m))
-    t2 = time.perf_counter()
-    truth = json.loads((cap_dir / "truth.json").read_text())
-    res["truth_wbc_in_frame"] = truth["wbc_counts_in_frame"]
-    res["timing_s"]["simulation"] = round(t1 - t0, 2)
-    log.info("3/3 done in %.1f s (simulation %.1f s, analysis %.1f s)", t2 - t0, t1 - t0, t2 - t1)
-    n_true = sum(truth["wbc_counts_in_frame"].values())
-    true_pct = {k: 100.0 * v / n_true if n_true else 0.0
-                for k, v in truth["wbc_counts_in_frame"].items()}
-    lines = ["HoloDiff demo (simulated analyzer)", format_report(res),
-             f"  truth              {n_true} white cells: " + ", ".join(
-                 f"{k[:4]} {v:.1f} %" for k, v in true_pct.items())]
-    print("\n".join(lines), file=sys.stderr)
-    if args.json:
-        print(json.dumps(res))
-    return 0
-
-
 def _analyze_one(path: str, model: str, cells: bool) -> tuple[str, dict | None, str | None]:
     """Analyse one capture in a worker process: (path, result, error line)."""
     from inference.analyze import AnalysisOptions, analyze_capture
@@ -242,14 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="a whole test on the built-in simulated analyzer")
-    d.add_argument("--out", help="folder for the capture and pictures (default: "
-                                 "$HOLODIFF_HOME/demo)")
-    d.add_argument("--preset", default="healthy", choices=sorted([*PRESETS, "random"]))
-    d.add_argument("--seed", type=int, default=1)
-    d.add_argument("--size", type=int, default=1024, help="frame width and height in pixels")
-    d.add_argument("--json", action="store_true", help="print a JSON report on stdout")
-    d.set_defaults(func=cmd_demo)
+    add_parsers(sub)
 
     s = sub.add_parser("simulate", help="write a simulated capture folder plus its truth")
     s.add_argument("--out", required=True, help="capture folder to create (must not exist)")
