@@ -15,7 +15,7 @@ from pathlib import Path
 from device.camera import Camera, SimulatedCamera, VirtualClock
 from device.chamber import Chamber, GpioChamber, SimulatedChamber
 from device.leds import GpioLedBoard, LedBoard, SimulatedLedBoard
-from device.profiles import DEFAULT_PROFILE, HardwareProfile, load_profile
+from device.profiles import DEFAULT_PROFILE, HardwareProfile, default_profile_name, load_profile
 from holography.simulate import LedSpec, Optics, SimConfig, VirtualBench
 
 
@@ -127,11 +127,12 @@ def open_instrument(profile: HardwareProfile | str | None = None, *,
     Parameters
     ----------
     profile : HardwareProfile or str, optional
-        Profile or its name (default :data:`device.profiles.DEFAULT_PROFILE`).
+        Profile or its name (default ``$HOLODIFF_PROFILE``, else
+        :data:`device.profiles.DEFAULT_PROFILE`).
     simulated : bool, optional
         Force the twin (``True``) or the hardware (``False``); default: detect.
     """
     if simulated is None:
         simulated = not hardware_present()
-    prof = profile if profile is not None else DEFAULT_PROFILE
+    prof = profile if profile is not None else default_profile_name()
     return simulated_instrument(prof) if simulated else real_instrument(prof)

@@ -143,6 +143,12 @@ def build_oru(result: dict[str, Any], *, test_uid: str, sample_id: str,
         oo.obr.obr_4 = "57021-8^CBC W Auto Differential panel - Blood^LN"
         oo.obr.obr_7 = _ts(observed)
         oo.obr.obr_25 = "F"
+        texts = flag_text or result.get("flag_details") or {}
+        for i, code in enumerate(result.get("flags", []), start=1):
+            nte = oo.add_segment("NTE")
+            nte.nte_1 = str(i)
+            nte.nte_2 = "L"
+            nte.nte_3 = _hl7_text(f"{code}: {texts.get(code, '')}".strip())
         for i, o in enumerate(observations(result), start=1):
             ob = oo.add_group("ORU_R01_OBSERVATION")
             ob.obx.obx_1 = str(i)
@@ -155,12 +161,6 @@ def build_oru(result: dict[str, Any], *, test_uid: str, sample_id: str,
             if o["flag"]:
                 ob.obx.obx_8 = o["flag"]
             ob.obx.obx_11 = "F"
-        texts = flag_text or result.get("flag_details") or {}
-        for i, code in enumerate(result.get("flags", []), start=1):
-            nte = oo.add_segment("NTE")
-            nte.nte_1 = str(i)
-            nte.nte_2 = "L"
-            nte.nte_3 = _hl7_text(f"{code}: {texts.get(code, '')}".strip())
         m.validate()
         return m.to_er7()
     except HL7apyException as exc:

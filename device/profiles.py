@@ -257,6 +257,11 @@ def parse_profile(obj: Any, where: str = "profile") -> HardwareProfile:
                       glass_um=t.num("glass_um", 0.0, 10_000.0), seed=t.int("seed", 0, 2**31)))
 
 
+def default_profile_name() -> str:
+    """``$HOLODIFF_PROFILE`` (set on the analyzer by ``/etc/holodiff/holodiff.env``) or the default."""
+    return os.environ.get("HOLODIFF_PROFILE") or DEFAULT_PROFILE
+
+
 def profile_dirs() -> list[Path]:
     """Folders searched for profiles, first match wins."""
     dirs = []

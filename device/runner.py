@@ -12,6 +12,7 @@ new runner ingests the spool at start.
 from __future__ import annotations
 
 import enum
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -68,6 +69,16 @@ class TestOutcome:
 _SHARE = {Stage.CAPTURE: (0.0, 0.45), Stage.ANALYSIS: (0.45, 0.97), Stage.STORAGE: (0.97, 1.0)}
 
 
+def remove_partial_captures(folder: Path) -> list[Path]:
+    """Delete capture folders a crash left half-written (``.NAME.*.partial``); return them."""
+    gone = []
+    if folder.is_dir():
+        for p in folder.glob(".*.partial"):
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p)
+    return gone
+
+
 class TestRunner:
     """Runs tests on one instrument and stores them in one database.
 
@@ -99,6 +110,7 @@ class TestRunner:
         self.pending: list[TestOutcome] = []
         self.recovered = self.db.recover()
         self.db.ingest_spool(pending_dir(self.root))
+        self.removed_partial = remove_partial_captures(captures_dir(self.root))
 
     def close(self) -> None:
         """Close the database (the instrument belongs to the caller)."""

@@ -223,8 +223,10 @@ def _test_options(p: argparse.ArgumentParser, *, demo: bool) -> None:
     p.add_argument("--operator", default="demo" if demo else None, required=not demo,
                    help="operator ID")
     p.add_argument("--patient-id", help="patient ID (medical record number)")
-    p.add_argument("--profile", default=DEMO_PROFILE if demo else DEFAULT_PROFILE,
-                   help="hardware profile (hardware/profiles/NAME.json)")
+    p.add_argument("--profile", default=DEMO_PROFILE if demo else None,
+                   help="hardware profile: a name in hardware/profiles or a .json file (default: "
+                        + (DEMO_PROFILE if demo else f"$HOLODIFF_PROFILE, else {DEFAULT_PROFILE}")
+                        + ")")
     p.add_argument("--preset", default="healthy", choices=sorted([*PRESETS, "random"]),
                    help="simulated analyzer only: the blood in the virtual chamber")
     p.add_argument("--seed", type=int, default=1, help="simulated analyzer only: sample seed")
