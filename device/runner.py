@@ -89,7 +89,8 @@ class TestRunner:
     root : path, optional
         State folder (default :func:`device.home.home`).
     model : path, optional
-        ONNX model (default: the analysis's default model).
+        Model bundle or ONNX file (default: the active model slot, verified, else the
+        shipped bundle; ``model_warning`` says when a fallback was needed).
     flats : dict, optional
         LED colour -> flat frame from the active calibration.
     calibration_id : str
@@ -103,6 +104,12 @@ class TestRunner:
                  calibration_id: str | None = None):
         self.instrument = instrument
         self.root = Path(root) if root is not None else home()
+        self.model_warning = None
+        if model is None:
+            from device.models import ModelSlots
+
+            act = ModelSlots(self.root).active()  # verified now, with a fallback and a reason
+            model, self.model_warning = act.path, act.warning
         self.model = model
         self.flats = flats
         self.calibration_id = calibration_id or f"profile:{instrument.profile.name}"
@@ -132,7 +139,6 @@ class TestRunner:
             If the database cannot record the start of the test (the sample is not used).
         """
         from inference.analyze import AnalysisOptions, analyze_capture
-        from inference.classify import DEFAULT_MODEL
 
         uid = uuid.uuid4().hex
         t_all = time.perf_counter()
@@ -173,7 +179,7 @@ class TestRunner:
                                               0.8))
 
             say(Stage.ANALYSIS, "analysing the holograms")
-            opts = AnalysisOptions(model=self.model or DEFAULT_MODEL, cells=cells,
+            opts = AnalysisOptions(model=self.model, cells=cells,
                                    calibration_id=self.calibration_id)
             result = analyze_capture(cap, options=opts, progress=analysis_progress)
             for k in ("reconstruction", "detection", "classification"):

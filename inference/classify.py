@@ -1,9 +1,11 @@
 """The white-cell classifier: an ONNX model run by onnxruntime.
 
-A model is a folder entry ``NAME.onnx`` (INT8, shipped) with its model card
-``NAME.card.json`` (classes, input layout, accuracy); the FP32 twin
-``NAME.fp32.onnx`` is kept for comparison. The shipped model lives in
-``inference/models/``.
+The analysis loads its model from a signed bundle ``NAME-VERSION.hdmodel``
+(:mod:`inference.bundle`), verified (signature, hashes) before onnxruntime
+sees a byte of it; the shipped bundle lives in ``inference/models/``. Beside
+it are the training artefacts the bundle was made from: ``NAME.onnx`` (INT8)
+with its model card ``NAME.card.json`` and the FP32 twin ``NAME.fp32.onnx``;
+an engineer may run a loose ``.onnx`` with its card (``--model``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,22 @@ import numpy as np
 from holography.errors import HoloDiffError
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-DEFAULT_MODEL = MODELS_DIR / "wbc5.onnx"
+#: the INT8 training artefact the shipped bundle was signed from (card beside it)
+ONNX_MODEL = MODELS_DIR / "wbc5.onnx"
+
+
+def shipped_bundle(name: str = "wbc5") -> Path:
+    """The newest ``NAME-VERSION.hdmodel`` shipped in ``inference/models``."""
+    def version(p: Path) -> tuple[int, ...]:
+        v = p.name.removeprefix(f"{name}-").removesuffix(".hdmodel")
+        return tuple(int(x) if x.isdigit() else -1 for x in v.split("."))
+
+    found = sorted(MODELS_DIR.glob(f"{name}-*.hdmodel"), key=version)
+    return found[-1] if found else MODELS_DIR / f"{name}-missing.hdmodel"
+
+
+#: the model the analysis uses unless told otherwise: the shipped signed bundle
+DEFAULT_MODEL = shipped_bundle()
 
 
 class ModelError(HoloDiffError):
@@ -47,7 +64,8 @@ class Classifier:
     Parameters
     ----------
     path : path-like
-        The ``.onnx`` file (its card sits beside it).
+        A signed ``.hdmodel`` bundle (verified against the trust store), or an
+        ``.onnx`` file with its card beside it.
     threads : int
         Intra-op threads of the session.
     """
@@ -59,9 +77,17 @@ class Classifier:
         if not self.path.is_file():
             raise ModelError(f"classifier model {self.path} not found; reinstall HoloDiff or "
                              "install a model bundle")
-        card = _card_path(self.path)
+        if self.path.suffix == ".hdmodel":
+            from inference.bundle import read_bundle
+
+            bundle = read_bundle(self.path)
+            data = bundle.files["model.onnx"]
+            card_text, card = bundle.files["card.json"].decode(), self.path / "card.json"
+        else:
+            card = _card_path(self.path)
+            data = card_text = None
         try:
-            self.card = json.loads(card.read_text())
+            self.card = json.loads(card_text if card_text is not None else card.read_text())
             self.classes = tuple(self.card["classes"])
             self.channels = int(self.card["input"]["channels"])
             self.size = int(self.card["input"]["size"])
@@ -73,7 +99,8 @@ class Classifier:
                              if counts and all(c in counts for c in self.classes) else None)
         conf = self.card.get("confusion_validation")
         self.confusion_counts = np.array(conf["counts"], np.float64) if conf else None
-        data = self.path.read_bytes()
+        if data is None:
+            data = self.path.read_bytes()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from inference.classify import DEFAULT_MODEL
+    from inference.classify import ONNX_MODEL
 
     ap = argparse.ArgumentParser(prog="holodiff evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="held-out", help="folder of the test captures (reused)")
@@ -277,26 +277,26 @@ def main(argv: list[str] | None = None) -> int:
     def log(m: str) -> None:
         print(m, file=sys.stderr, flush=True)
 
-    paths = args.model or [str(DEFAULT_MODEL), str(DEFAULT_MODEL.with_suffix(".fp32.onnx"))]
+    paths = args.model or [str(ONNX_MODEL), str(ONNX_MODEL.with_suffix(".fp32.onnx"))]
     models = {Path(p).name: Classifier(p) for p in paths if Path(p).exists()}
     caps = make_test_captures(Path(args.out), args.captures, size=args.size, start=args.start,
                               split=args.split, log=log)
     rep = evaluate(caps, models, log=log, fresh=args.fresh)
-    card_path = DEFAULT_MODEL.with_name(DEFAULT_MODEL.stem + ".card.json")
+    card_path = ONNX_MODEL.with_name(ONNX_MODEL.stem + ".card.json")
     if args.write_confusion:
         if args.split != "train":
             raise SystemExit("--write-confusion needs --split train (never the test conditions)")
         card = json.loads(card_path.read_text())
         card["confusion_validation"] = {
             "rows_truth": list(WBC_CLASSES), "columns_raw_call": list(WBC_CLASSES),
-            "counts": rep[DEFAULT_MODEL.name]["raw_confusion_counts"],
+            "counts": rep[ONNX_MODEL.name]["raw_confusion_counts"],
             "captures": [p.name for p in caps],
             "command": "holodiff evaluate " + " ".join(argv or sys.argv[1:])}
         card_path.write_text(json.dumps(card, indent=1) + "\n")
         log(f"stored the validation confusion in {card_path}")
     if args.update_card:
         card = json.loads(card_path.read_text())
-        names = {DEFAULT_MODEL.name: "int8", DEFAULT_MODEL.with_suffix(".fp32.onnx").name: "fp32"}
+        names = {ONNX_MODEL.name: "int8", ONNX_MODEL.with_suffix(".fp32.onnx").name: "fp32"}
         card["accuracy"] = {names.get(k, k): v for k, v in rep.items()}
         card["accuracy"]["test_set"] = {
             "captures": [p.name for p in caps],

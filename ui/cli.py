@@ -30,6 +30,7 @@ from holography.sample import PRESETS
 from holography.sensors import BAYER_PATTERNS, SENSORS
 from holography.simulate import FAULTS, SimConfig, simulate_capture
 from ui.cli_device import add_parsers
+from ui.cli_model import add_parsers as add_model_parsers
 
 log = logging.getLogger("holodiff")
 
@@ -166,9 +167,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     """``holodiff analyze``: capture folders to results (INTERFACES.md section 2)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from inference.classify import DEFAULT_MODEL, Classifier
+    from device.models import ModelSlots
+    from inference.classify import Classifier
 
-    model = args.model or str(DEFAULT_MODEL)
+    if args.model:
+        model = args.model
+    else:
+        act = ModelSlots().active()  # verified now; falls back with a warning if it must
+        if act.warning:
+            log.warning("%s", act.warning)
+        model = str(act.path)
     Classifier(model)  # fail early, once, on a missing or broken model
     jobs = max(1, min(args.jobs or (os.cpu_count() or 1), len(args.captures)))
     log.info("analysing %d capture(s), %d at a time", len(args.captures), jobs)
@@ -203,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     add_parsers(sub)
+    add_model_parsers(sub)
 
     s = sub.add_parser("simulate", help="write a simulated capture folder plus its truth")
     s.add_argument("--out", required=True, help="capture folder to create (must not exist)")
@@ -226,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="one holodiff-result/1 JSON object per "
                                                        "capture on stdout")
     a.add_argument("--cells", action="store_true", help="include every cell in the JSON")
-    a.add_argument("--model", help="classifier .onnx file (default: the shipped model)")
+    a.add_argument("--model", help="classifier: a signed .hdmodel bundle, or an .onnx file with "
+                   "its card (default: the active model slot, else the shipped bundle)")
     a.add_argument("--jobs", type=int, help="captures analysed in parallel (default: CPU count)")
     a.set_defaults(func=cmd_analyze)
 

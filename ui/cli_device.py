@@ -38,6 +38,8 @@ def _run_test(args: argparse.Namespace, *, profile: str, simulated: bool | None,
                      instr.profile.name, args.preset, args.seed)
             instr.chamber.insert(args.preset, seed=args.seed)
         runner = TestRunner(instr, model=args.model)
+        if runner.model_warning:
+            log.warning("WARNING: %s", runner.model_warning)
         try:
             for uid in runner.recovered:
                 log.info("test %s was interrupted earlier and is marked failed", uid[:8])

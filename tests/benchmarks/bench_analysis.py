@@ -29,7 +29,7 @@ import scipy.fft
 from holography.capture import read_capture
 from holography.reconstruct import reconstruct_capture
 from holography.simulate import SimConfig, simulate_capture
-from inference.classify import DEFAULT_MODEL, Classifier
+from inference.classify import ONNX_MODEL, Classifier
 from inference.detect import detect_in_capture
 
 
@@ -101,7 +101,7 @@ def main() -> int:
     rec = reconstruct_capture(cap)
     det = detect_in_capture(cap, rec)
     thr = {}
-    for name, path in (("int8", DEFAULT_MODEL), ("fp32", DEFAULT_MODEL.with_suffix(".fp32.onnx"))):
+    for name, path in (("int8", ONNX_MODEL), ("fp32", ONNX_MODEL.with_suffix(".fp32.onnx"))):
         for threads in (1, os.cpu_count() or 1):
             clf = Classifier(path, threads=threads)
             clf(det.crops[:64])
