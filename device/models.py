@@ -108,8 +108,8 @@ class ModelSlots:
         Called with the name of each install step before it runs (tests cut power there).
     """
 
-    def __init__(self, root: Path | None = None, *, factory: Path | None = None, golden_cache: Path | None = None,
-                 on_step: Callable[[str], None] | None = None):
+    def __init__(self, root: Path | None = None, *, factory: Path | None = None,
+                 golden_cache: Path | None = None, on_step: Callable[[str], None] | None = None):
         self.root = Path(root) if root is not None else home()
         self.dir = self.root / "models"
         self.factory = Path(factory) if factory is not None else DEFAULT_MODEL
@@ -193,8 +193,8 @@ class ModelSlots:
         ptr = self.pointer()
         act = ptr["active"]
         if act is None:
-            return ActiveModel(path=self.factory, bundle=read_bundle(self.factory),
-                               slot=None)
+            factory = read_bundle(self.factory)
+            return ActiveModel(path=self.factory, bundle=factory, slot=None)
         try:
             b = self.verify_slot(act)
             self._reconcile(act, b)

@@ -4,7 +4,6 @@ one-line reason, and the active model stays active and working."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from device.errors import AuditError  # noqa: F401  (the audit log is checked through the DB)
 from device.golden import GoldenMismatch
 from device.models import ModelSlots, SlotError
 from device.store import ResultsDB
