@@ -124,6 +124,7 @@ def set_exposures(instr: Instrument, *, progress: Callable[[str], None] | None =
 
 def acquire_capture(instr: Instrument, dest: str | Path, *,
                     flats: dict[str, np.ndarray] | None = None,
+                    sample_distance_um: float | None = None,
                     extra_meta: dict | None = None,
                     progress: Callable[[str], None] | None = None,
                     cancelled: Callable[[], bool] | None = None) -> Capture:
@@ -137,6 +138,8 @@ def acquire_capture(instr: Instrument, dest: str | Path, *,
         Capture folder to create (must not exist).
     flats : dict, optional
         LED colour -> empty-chamber flat ``(H, W) uint16`` from the calibration store.
+    sample_distance_um : float, optional
+        Nominal sample distance from the distance calibration (default: the profile's).
     extra_meta : dict, optional
         Written beside ``capture.json`` as ``test.json`` (test id, sample id, operator).
     progress : callable, optional
@@ -199,7 +202,7 @@ def acquire_capture(instr: Instrument, dest: str | Path, *,
                    "bayer": prof.sensor.bayer, "bit_depth": cam.spec.bit_depth,
                    "black_level": int(cam.black_level)},
         "geometry": {"source_distance_mm": prof.source_distance_mm,
-                     "sample_distance_um": prof.sample_distance_um,
+                     "sample_distance_um": round(sample_distance_um or prof.sample_distance_um, 3),
                      "pinhole_um": prof.pinhole_um},
         "chamber": {"height_um": prof.chamber.height_um, "dilution": prof.chamber.dilution,
                     "lysed": True},

@@ -44,3 +44,7 @@ class AuditError(HoloDiffError, ValueError):
 
 class ExportError(HoloDiffError, RuntimeError):
     """A result could not be exported or sent to the LIS (connection refused, NAK, timeout)."""
+
+
+class LoginError(HoloDiffError, PermissionError):
+    """An operator could not log in (unknown ID, wrong PIN, locked) or lacks the role for an action."""

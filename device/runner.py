@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from calibration.store import CalibrationError, CalibrationStore
 from device.acquire import acquire_capture
 from device.errors import SampleError, StorageError, TestAborted
 from device.home import captures_dir, database_path, home, pending_dir
@@ -92,9 +93,9 @@ class TestRunner:
         Model bundle or ONNX file (default: the active model slot, verified, else the
         shipped bundle; ``model_warning`` says when a fallback was needed).
     flats : dict, optional
-        LED colour -> flat frame from the active calibration.
-    calibration_id : str
-        Named in every result.
+        LED colour -> flat frame (default: the active dark/flat calibration's).
+    calibration_id : str, optional
+        Named in every result (default: the active calibration's id).
     """
 
     __test__ = False  # not a pytest class
@@ -112,7 +113,9 @@ class TestRunner:
             model, self.model_warning = act.path, act.warning
         self.model = model
         self.flats = flats
-        self.calibration_id = calibration_id or f"profile:{instrument.profile.name}"
+        self.calibration_id = calibration_id
+        self.calibrations = CalibrationStore(self.root)
+        self.calibrations.remove_partial()
         self.db = ResultsDB(database_path(self.root))
         self.pending: list[TestOutcome] = []
         self.recovered = self.db.recover()
@@ -135,6 +138,8 @@ class TestRunner:
 
         Raises
         ------
+        CalibrationError
+            If the active calibration failed, expired or is missing (the sample is not used).
         StorageError
             If the database cannot record the start of the test (the sample is not used).
         """
@@ -151,6 +156,16 @@ class TestRunner:
             if progress:
                 progress(Progress(stage=stage, message=msg, fraction=lo + (hi - lo) * within))
 
+        prof = self.instrument.profile
+        cal = self.calibrations.status(window=(prof.sensor.width, prof.sensor.height),
+                                       simulated=self.instrument.simulated)
+        if not cal.ok:
+            self.db.audit(user=operator, action="test.refused", entity=f"sample:{sample_id}",
+                          reason=cal.message)
+            raise CalibrationError(cal.message)
+        flats = self.flats if self.flats is not None else self.calibrations.flats()
+        dist = cal.active.get("distance")
+        z2 = dist["values"]["sample_distance_um"] if dist and dist["passed"] else None
         rec = self.db.begin_test(operator=operator, sample_id=sample_id, patient_id=patient_id,
                                  uid=uid)
         out = TestOutcome(uid=rec.uid, sample_id=sample_id, state=Stage.STARTING, timing_s=timing)
@@ -166,7 +181,7 @@ class TestRunner:
                 say(Stage.CAPTURE, msg, 0.3 + 0.7 * frames_done[0] / n_frames)
 
             say(Stage.CAPTURE, "measuring the sample")
-            cap = acquire_capture(self.instrument, cap_dir, flats=self.flats,
+            cap = acquire_capture(self.instrument, cap_dir, flats=flats, sample_distance_um=z2,
                                   extra_meta={"test_uid": uid, "sample_id": sample_id,
                                               "operator": operator},
                                   progress=capture_progress, cancelled=cancelled)
@@ -180,7 +195,7 @@ class TestRunner:
 
             say(Stage.ANALYSIS, "analysing the holograms")
             opts = AnalysisOptions(model=self.model, cells=cells,
-                                   calibration_id=self.calibration_id)
+                                   calibration_id=self.calibration_id or cal.calibration_id)
             result = analyze_capture(cap, options=opts, progress=analysis_progress)
             for k in ("reconstruction", "detection", "classification"):
                 timing[k] = result["timing_s"][k]

@@ -21,18 +21,20 @@ Failures to write (disk full, read-only file system, damaged file) raise
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
+import re
 import sqlite3
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from device.errors import AuditError, StorageError
+from device.errors import AuditError, LoginError, StorageError
 
 GENESIS = "0" * 64
 CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
@@ -97,6 +99,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             status TEXT NOT NULL CHECK (status IN ('acked', 'rejected', 'failed')),
             detail TEXT)""",
         "CREATE INDEX lis_sends_result ON lis_sends (result_id)",
+    ),
+    (
+        # version 3: operators with roles and hashed PINs
+        """CREATE TABLE users (
+            id TEXT PRIMARY KEY,
+            role TEXT NOT NULL CHECK (role IN ('nurse', 'engineer', 'service')),
+            pin_salt BLOB NOT NULL,
+            pin_hash BLOB NOT NULL,
+            created TEXT NOT NULL,
+            disabled INTEGER NOT NULL DEFAULT 0,
+            failures INTEGER NOT NULL DEFAULT 0,
+            locked_until TEXT)""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -434,6 +448,60 @@ class ResultsDB:
             "SELECT s.* FROM lis_sends s JOIN results r ON r.id = s.result_id JOIN tests t "
             "ON t.id = r.test_id WHERE t.uid = ? ORDER BY s.id", (uid,))]
 
+    # -- operators --------------------------------------------------------------
+    def add_user(self, user_id: str, *, role: str, pin: str, by: str) -> None:
+        """Add an operator (or replace their PIN and role); audited."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,32}", user_id):
+            raise ValueError("operator ID: 1-32 letters, digits, '.', '_' or '-'")
+        if not re.fullmatch(r"\d{4,8}", pin):
+            raise ValueError("PIN: 4 to 8 digits")
+        salt = os.urandom(16)
+        with self.transaction("store the operator") as c:
+            old = c.execute("SELECT role FROM users WHERE id = ?", (user_id,)).fetchone()
+            c.execute("INSERT OR REPLACE INTO users (id, role, pin_salt, pin_hash, created) "
+                      "VALUES (?, ?, ?, ?, ?)", (user_id, role, salt, _pin_hash(pin, salt), now_iso()))
+            self._audit(c, user=by, action="user.set", entity=f"user:{user_id}",
+                        old=old[0] if old else None, new=role)
+
+    def users(self) -> list[dict[str, Any]]:
+        """Operators and their roles (no PIN material)."""
+        return [dict(r) for r in self.conn.execute(
+            "SELECT id, role, created, disabled, locked_until FROM users ORDER BY id")]
+
+    def login(self, user_id: str, pin: str, *, via: str) -> str:
+        """Check an operator's PIN; return their role.
+
+        Five wrong PINs in a row lock the operator for :data:`LOCKOUT_MIN` minutes.
+
+        Raises
+        ------
+        LoginError
+            Unknown operator, wrong PIN, disabled or locked (one message for the first two).
+        """
+        r = self.conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
+        now = datetime.now(UTC)
+        if r is not None and r["locked_until"] and now.isoformat() < r["locked_until"]:
+            raise LoginError(f"operator {user_id} is locked after repeated wrong PINs until "
+                             f"{r['locked_until'][11:16]} UTC; ask a supervisor")
+        if r is None or r["disabled"] or not hmac.compare_digest(
+                _pin_hash(pin, r["pin_salt"]), r["pin_hash"]):
+            if r is not None:
+                fails = r["failures"] + 1
+                locked = ((now + timedelta(minutes=LOCKOUT_MIN)).isoformat()
+                          if fails >= MAX_FAILURES else None)
+                with self.transaction("record a failed log-in") as c:
+                    c.execute("UPDATE users SET failures = ?, locked_until = ? WHERE id = ?",
+                              (0 if locked else fails, locked, user_id))
+                    self._audit(c, user=user_id, action="login.failed", entity=f"user:{user_id}",
+                                new=via, reason="locked" if locked else None)
+            raise LoginError("unknown operator ID or wrong PIN; try again")
+        with self.transaction("record a log-in") as c:
+            c.execute("UPDATE users SET failures = 0, locked_until = NULL WHERE id = ?", (user_id,))
+            self._audit(c, user=user_id, action="login", entity=f"user:{user_id}", new=via)
+        return r["role"]
+
     # -- results that could not be stored --------------------------------------
     def ingest_spool(self, folder: str | os.PathLike[str]) -> list[str]:
         """Store every spooled result of ``folder`` (see :func:`spool_result`); return their uids."""
@@ -454,6 +522,16 @@ class ResultsDB:
             f.unlink()
             done.append(uid)
         return done
+
+
+ROLES = ("nurse", "engineer", "service")
+MAX_FAILURES = 5
+LOCKOUT_MIN = 5
+
+
+def _pin_hash(pin: str, salt: bytes) -> bytes:
+    """The scrypt hash (RFC 7914) of a PIN: n = 2^14, r = 8, p = 1."""
+    return hashlib.scrypt(pin.encode(), salt=salt, n=1 << 14, r=8, p=1, dklen=32)
 
 
 def spool_result(folder: str | os.PathLike[str], *, uid: str, operator: str, sample_id: str,

@@ -29,8 +29,10 @@ from holography.reconstruct import (
 from holography.sample import PRESETS
 from holography.sensors import BAYER_PATTERNS, SENSORS
 from holography.simulate import FAULTS, SimConfig, simulate_capture
+from ui.cli_calibrate import add_parsers as add_calibrate_parsers
 from ui.cli_device import add_parsers
 from ui.cli_model import add_parsers as add_model_parsers
+from ui.cli_serial import add_parsers as add_serial_parsers
 
 log = logging.getLogger("holodiff")
 
@@ -212,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parsers(sub)
     add_model_parsers(sub)
+    add_serial_parsers(sub)
+    add_calibrate_parsers(sub)
 
     s = sub.add_parser("simulate", help="write a simulated capture folder plus its truth")
     s.add_argument("--out", required=True, help="capture folder to create (must not exist)")

@@ -96,7 +96,7 @@ def test_whole_test_is_stored_with_stage_timing(twin, tmp_path):
                                  "storage", "total"}
     stored = runner.db.result_of(out.uid)
     assert stored == json.loads(json.dumps(out.result))
-    assert stored["calibration"]["id"] == f"profile:{twin.profile.name}"
+    assert stored["calibration"]["id"] == "uncalibrated-simulated"
     test = runner.db.test(out.uid)
     assert test.state == "done" and test.patient_id == "MRN42"
     assert json.loads((tmp_path / "captures").glob("*/test.json").__next__().read_text())[
