@@ -11,8 +11,9 @@ block above :data:`MAX_BLOCK` is dropped with -363; bytes that are not UTF-8 or
 not printable in a header give -101/-102; a half message that stays
 incomplete for :data:`STALE_S` seconds (a disconnect mid-line or mid-block) is
 dropped with -102 or -160; a command error (-1xx) discards the rest of its
-message, an execution error (-2xx) skips only its own unit, and a command validates every parameter before it changes
-anything, so no state is half-changed. The error queue holds
+message, an execution error (-2xx) skips only its own unit, and a command
+validates every parameter before it changes anything, so no state is
+half-changed. The error queue holds
 :data:`QUEUE_LEN` errors; beyond that the last is replaced by -350.
 """
 

@@ -95,7 +95,7 @@ def test_common_commands_and_error_queue(svc):
     assert q(svc, b"*STB?") == b"4\n"  # error queue not empty
     assert q(svc, b"SYST:ERR?") == b'-113,"Undefined header; NOPE:CMD"\n'
     assert q(svc, b"SYSTem:ERRor:NEXT?") == b'0,"No error"\n'
-    q(svc, b"*ESE 32;*ESE?") == b"32\n"
+    assert q(svc, b"*ESE 32;*ESE?") == b"32\n"
     for _ in range(40):
         q(svc, b"BAD")
     assert q(svc, b"SYST:ERR:COUN?") == b"32\n"
