@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from device.instrument import simulated_instrument
+from device.profiles import parse_profile
 from device.scpi import Block, Chars, CommandTree, Number, ScpiError, parse_message
 from device.serial_service import MAX_LINE, STALE_S, MessageReader, ScpiService, serve
 from device.store import ResultsDB
@@ -322,3 +323,51 @@ def test_model_install_from_a_block_over_the_link(served, tmp_path):
     items = [json.loads(x) for x in r.stdout.splitlines()]
     assert items[1]["errors"] and "bundle" in items[1]["errors"][0]
     assert items[2]["response"] == '"factory,wbc5,1.0.0,1"'  # unchanged
+
+
+def test_engineer_calibrates_and_saves_captures_over_the_tty(tmp_path, profile_dict):
+    """Every calibration step and a saved capture, from the host client, over a pty pair."""
+    prof = parse_profile(profile_dict(name="hd1-imx477-4die", sensor={"width": 512, "height": 512}))
+    instr = simulated_instrument(prof)
+    with ResultsDB(tmp_path / "results.sqlite") as db:
+        db.add_user("eng1", role="engineer", pin="2468", by="console")
+    svc = ScpiService(instr, root=tmp_path)
+    master, slave = os.openpty()
+    stop = threading.Event()
+    th = threading.Thread(target=serve, args=(MasterPort(master), svc), kwargs={"stop": stop},
+                          daemon=True)
+    th.start()
+    script = tmp_path / "calibrate.scpi"
+    script.write_text("\n".join([
+        "SYST:LOG 'eng1','2468'",
+        "SIM:SAMP:REM", "CAL:DFL",
+        "SIM:SAMP 'healthy',11", "CAL:DIST", "CAL:SHIF",
+        "SIM:SAMP 'beads',12", "CAL:BEAD 8UM",
+        "CAL:STAT?", "CAL:LIST?",
+        "SIM:SAMP 'septic',13", "ACQ:CAPT 'study-1'", "MMEM:DATA? 'study-1/capture.json'",
+    ]) + "\n")
+    try:
+        r = subprocess.run([EXE, "serial", "--json", "--script", str(script), "--out",
+                            str(tmp_path / "got"), os.ttyname(slave)], capture_output=True,
+                           text=True, timeout=600)
+    finally:
+        stop.set()
+        th.join(timeout=5)
+        os.close(master)
+        os.close(slave)
+        instr.close()
+    items = [json.loads(x) for x in r.stdout.splitlines()]
+    assert r.returncode == 0, [i for i in items if i["errors"]]
+    status = next(i for i in items if i["command"] == "CAL:STAT?")["response"]
+    assert status.startswith("1,"), status  # calibrated: patient tests may run
+    listing = next(i for i in items if i["command"] == "CAL:LIST?")["response"]
+    assert listing.count(":PASS") == 4
+    meta = json.loads(Path(items[-1]["file"]).read_text())
+    assert len(meta["frames"]) == 12 and set(meta["flats"]) == {"blue", "green", "red"}
+    from calibration.store import CalibrationStore
+
+    recs = CalibrationStore(tmp_path).active()
+    assert recs["distance"]["user"] == "eng1"
+    res = [d["residual_px"] for dies in recs["shifts"]["values"]["per_led"].values()
+           for d in dies[1:]]
+    assert max(res) < 0.3
