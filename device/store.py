@@ -112,6 +112,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             failures INTEGER NOT NULL DEFAULT 0,
             locked_until TEXT)""",
     ),
+    (
+        # version 4: daily quality-control runs (control material through a whole test)
+        """CREATE TABLE qc_runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts TEXT NOT NULL,
+            user TEXT NOT NULL,
+            lot TEXT NOT NULL,
+            test_uid TEXT,
+            passed INTEGER NOT NULL,
+            detail TEXT NOT NULL)""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -501,6 +512,21 @@ class ResultsDB:
             c.execute("UPDATE users SET failures = 0, locked_until = NULL WHERE id = ?", (user_id,))
             self._audit(c, user=user_id, action="login", entity=f"user:{user_id}", new=via)
         return r["role"]
+
+    # -- quality control --------------------------------------------------------
+    def record_qc(self, *, user: str, lot: str, test_uid: str | None, passed: bool,
+                  detail: str) -> None:
+        """Record one control run; audited."""
+        with self.transaction("record the QC run") as c:
+            c.execute("INSERT INTO qc_runs (ts, user, lot, test_uid, passed, detail) VALUES "
+                      "(?, ?, ?, ?, ?, ?)", (now_iso(), user, lot, test_uid, int(passed), detail))
+            self._audit(c, user=user, action="qc.pass" if passed else "qc.fail",
+                        entity=f"qc:{lot}", new=detail)
+
+    def last_qc(self) -> dict[str, Any] | None:
+        """The newest control run."""
+        r = self.conn.execute("SELECT * FROM qc_runs ORDER BY id DESC LIMIT 1").fetchone()
+        return dict(r) if r else None
 
     # -- results that could not be stored --------------------------------------
     def ingest_spool(self, folder: str | os.PathLike[str]) -> list[str]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from holography.capture import Capture, read_capture
 from holography.reconstruct import ReconOptions, reconstruct_capture
 from holography.sample import N_MEDIUM
@@ -30,6 +32,7 @@ class AnalysisOptions:
     cells: bool = False
     recon: ReconOptions | None = None
     calibration_id: str = "capture-metadata"
+    gallery: str | Path | None = None  # write review thumbnails here (``.npz``)
 
 
 def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions | None = None,
@@ -88,4 +91,55 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
                           "classification": round(t_cls, 2)}
     if opt.cells:
         result["cells"] = cell_records(calls)
+        if len(det.candidates):
+            for rec, ph in zip(result["cells"], peak_phase(det.crops), strict=True):
+                rec["phase_rad"] = round(float(ph), 3)
+    if opt.gallery is not None and len(det.candidates):
+        save_gallery(opt.gallery, det.crops, calls)
     return result
+
+
+def _slot_field(crops: np.ndarray) -> np.ndarray:
+    """The complex field of the first lit wavelength slot (green first), ``(N, S, S)``."""
+    for slot in (1, 0, 2):
+        re, im = crops[:, 2 * slot], crops[:, 2 * slot + 1]
+        if np.any(re) or np.any(im):
+            return (1.0 + re) + 1j * im
+    return np.ones(crops[:, 0].shape, np.complex64)
+
+
+def peak_phase(crops: np.ndarray, radius_px: float = 4.0) -> np.ndarray:
+    """Mean phase (rad) of each crop's central disk, ``(N,)``.
+
+    The cell's optical thickness, for the scattergram (size against phase).
+    """
+    u = _slot_field(crops)
+    n = u.shape[-1]
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    disk = (yy ** 2 + xx ** 2) <= radius_px ** 2
+    return np.angle(u[:, disk]).mean(axis=1)
+
+
+def save_gallery(path: str | Path, crops: np.ndarray, calls, per_class: int = 12) -> Path:
+    """Amplitude thumbnails of up to ``per_class`` confident cells per class, for review.
+
+    Writes ``path`` (``.npz``: ``images (N, S, S) float16``, ``classes``, ``confidence``).
+    """
+    u = _slot_field(crops)
+    order = np.argsort([-c.confidence for c in calls])
+    keep: list[int] = []
+    seen: dict[str, int] = {}
+    for i in order:
+        c = calls[i]
+        if c.cls is None or seen.get(c.cls, 0) >= per_class:
+            continue
+        seen[c.cls] = seen.get(c.cls, 0) + 1
+        keep.append(int(i))
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, images=np.abs(u[keep]).astype(np.float16),
+                 classes=np.array([calls[i].cls for i in keep]),
+                 confidence=np.array([calls[i].confidence for i in keep], np.float32))
+    tmp.replace(path)
+    return path

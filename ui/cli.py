@@ -261,7 +261,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autofocus search range around the nominal distance")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_reconstruct)
+    u = sub.add_parser("ui", help="the touchscreen app (simulated analyzer where no hardware is "
+                                  "found)")
+    u.add_argument("--size", default="800x480", choices=["800x480", "1280x720"],
+                   help="the display (official Raspberry Pi 7-inch displays)")
+    u.add_argument("--fullscreen", action="store_true", help="kiosk: full screen")
+    u.add_argument("--profile", help="hardware profile (default $HOLODIFF_PROFILE)")
+    g = u.add_mutually_exclusive_group()
+    g.add_argument("--simulated", action="store_true")
+    g.add_argument("--hardware", action="store_true")
+    u.set_defaults(func=cmd_ui)
     return p
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """``holodiff ui``: the touchscreen."""
+    from ui.app.main import run_app
+
+    w, h = (int(x) for x in args.size.split("x"))
+    return run_app(profile=args.profile, size=(w, h), fullscreen=args.fullscreen,
+                   simulated=True if args.simulated else (False if args.hardware else None))
 
 
 def _delegate(module: str, args: argparse.Namespace) -> int:
