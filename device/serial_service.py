@@ -644,9 +644,12 @@ class MessageReader:
                 quote_ch = c
             elif c == 35 and i + 1 < n and 49 <= b[i + 1] <= 57:  # '#1'..'#9'
                 nd = b[i + 1] - 48
+                digits = bytes(b[i + 2:i + 2 + nd])
+                if digits and not digits.isdigit():
+                    i += 1  # not a block header: let the parser report it
+                    continue
                 if i + 2 + nd > n:
                     return None
-                digits = bytes(b[i + 2:i + 2 + nd])
                 if digits.isdigit():
                     size = int(digits)
                     if size > MAX_BLOCK:

@@ -371,3 +371,32 @@ def test_engineer_calibrates_and_saves_captures_over_the_tty(tmp_path, profile_d
     res = [d["residual_px"] for dies in recs["shifts"]["values"]["per_led"].values()
            for d in dies[1:]]
     assert max(res) < 0.3
+
+
+SCPI_ISH = st.text(alphabet="*:;?,# '\"\n0123456789.eE+-SYTERLOGCAMXPDUIFNMVW", max_size=60).map(
+    str.encode)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=80), SCPI_ISH), max_size=6))
+def test_fuzz_service_keeps_answering(small_profile_fuzz, msgs):
+    svc = small_profile_fuzz
+    reader = MessageReader(svc.push_error)
+    for m in msgs:
+        for msg in reader.feed(m):
+            svc.execute(msg)  # never raises, whatever arrives
+    reader.feed(b"\n")
+    out = [svc.execute(x) for x in reader.feed(b"*IDN?\n")]  # (and any half message before it)
+    assert out[-1] == b"HoloDiff,demo-imx477,HD1-SIM-0001,0.1.0\n"
+    assert svc.instr.leds.lit() is None  # nobody logged in: nothing could switch
+
+
+@pytest.fixture(scope="module")
+def small_profile_fuzz(tmp_path_factory):
+    from device.profiles import load_profile
+
+    d = json.loads(load_profile("demo-imx477").path.read_text())
+    d["sensor"].update(width=64, height=64)
+    instr = simulated_instrument(parse_profile(d))
+    yield ScpiService(instr, root=tmp_path_factory.mktemp("fuzz"))
+    instr.close()
