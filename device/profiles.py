@@ -19,6 +19,7 @@ from typing import Any
 
 from device.errors import ProfileError
 from holography.sensors import BAYER_PATTERNS, SENSORS
+from inference.bundle import hardware_dirs
 
 FORMAT = "holodiff-hardware/1"
 DEFAULT_PROFILE = "hd1-imx477"
@@ -264,13 +265,7 @@ def default_profile_name() -> str:
 
 def profile_dirs() -> list[Path]:
     """Folders searched for profiles, first match wins."""
-    dirs = []
-    env = os.environ.get("HOLODIFF_HARDWARE")
-    if env:
-        dirs.append(Path(env) / "profiles")
-    dirs.append(Path(__file__).resolve().parents[1] / "hardware" / "profiles")
-    dirs.append(Path("/usr/share/holodiff/hardware/profiles"))
-    return dirs
+    return hardware_dirs("profiles")
 
 
 def load_profile(name_or_path: str | os.PathLike[str] = DEFAULT_PROFILE) -> HardwareProfile:

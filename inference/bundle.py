@@ -130,15 +130,21 @@ def keygen(private_path: str | os.PathLike[str], public_path: str | os.PathLike[
     return key_id(key.public_key())
 
 
-def trust_dirs() -> list[Path]:
-    """Folders of the trust store: ``$HOLODIFF_HARDWARE/keys``, the source tree's, the image's."""
-    dirs = []
+def hardware_dirs(sub: str) -> list[Path]:
+    """``sub`` of each ``hardware/`` folder, in the order they are searched.
+
+    ``$HOLODIFF_HARDWARE``, then the source tree's, then the analyzer image's
+    (``/usr/share/holodiff/hardware``); the first that holds what is looked for wins.
+    """
     env = os.environ.get("HOLODIFF_HARDWARE")
-    if env:
-        dirs.append(Path(env) / "keys")
-    dirs.append(Path(__file__).resolve().parents[1] / "hardware" / "keys")
-    dirs.append(Path("/usr/share/holodiff/hardware/keys"))
-    return dirs
+    roots = [Path(env)] if env else []
+    roots += [Path(__file__).resolve().parents[1] / "hardware", Path("/usr/share/holodiff/hardware")]
+    return [r / sub for r in roots]
+
+
+def trust_dirs() -> list[Path]:
+    """Folders of the trust store (``hardware/keys``)."""
+    return hardware_dirs("keys")
 
 
 def load_trust(dirs: list[Path] | None = None) -> dict[str, Any]:
