@@ -215,3 +215,41 @@ def test_touch_targets_are_at_least_9_mm(app, qtbot):
 
 def test_screenshots_folder(shot_dir):
     assert shot_dir.is_dir() and os.access(shot_dir, os.W_OK)
+
+
+def test_service_installs_a_model_from_the_touchscreen(app, qtbot, tmp_path, monkeypatch):
+    """The same install path as the CLI and the serial service, in a worker thread."""
+    if app.size_name != "800x480":
+        return
+    import shutil
+    from pathlib import Path
+
+    from inference.bundle import build_bundle, keygen, read_bundle
+    from inference.classify import DEFAULT_MODEL
+
+    hw = tmp_path / "hw"
+    (hw / "keys").mkdir(parents=True)
+    for f in (Path(__file__).resolve().parents[2] / "hardware" / "keys").glob("*.pub"):
+        shutil.copy(f, hw / "keys" / f.name)
+    keygen(tmp_path / "svc.key", hw / "keys" / "svc.pub")
+    monkeypatch.setenv("HOLODIFF_HARDWARE", str(hw))
+    shipped = read_bundle(DEFAULT_MODEL)
+    (app.ctl.root / "incoming").mkdir()
+    build_bundle(app.ctl.root / "incoming" / "wbc5-1.0.1.hdmodel", model=shipped.files["model.onnx"],
+                 card=shipped.card(), golden=shipped.golden(), version="1.0.1", counter=2,
+                 min_software="0.1.0", private_key_path=tmp_path / "svc.key")
+    login(app, qtbot, "nurse1", "1234")
+    assert not app.home.service.isVisible()  # nurses have no service screen
+    click(qtbot, app.home.out)
+    login(app, qtbot, "svc1", "9876")
+    click(qtbot, app.home.service)
+    assert app.service.bundles.count() == 1
+    app.service.bundles.setCurrentRow(0)
+    click(qtbot, app.service.install)
+    qtbot.waitUntil(lambda: "Installed" in app.service.msg.text()
+                    or "Not installed" in app.service.msg.text(), timeout=TIMEOUT_MS)
+    assert "Installed wbc5 1.0.1 in slot A" in app.service.msg.text(), app.service.msg.text()
+    assert "slot A (active): wbc5 1.0.1" in app.service.info.text()
+    app.shot("22-service-installed")
+    click(qtbot, app.service.rollback)
+    assert "no previous model" in app.service.msg.text()
