@@ -150,7 +150,8 @@ class TestRunner:
         timing: dict[str, float] = {}
 
         def say(stage: Stage, msg: str, within: float = 0.0) -> None:
-            if cancelled is not None and cancelled() and stage in _SHARE:
+            # a result that exists is stored, cancelled or not: only capture and analysis stop
+            if cancelled is not None and stage in (Stage.CAPTURE, Stage.ANALYSIS) and cancelled():
                 raise TestAborted("test cancelled by the operator; repeat it with a new sample")
             lo, hi = _SHARE.get(stage, (1.0, 1.0))
             if progress:

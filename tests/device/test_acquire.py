@@ -135,3 +135,21 @@ def test_cancel_during_analysis(twin, tmp_path):
 
 def test_aborted_error_type():
     assert issubclass(TestAborted, RuntimeError)
+
+
+def test_a_cancel_after_the_analysis_still_stores_the_result(twin, tmp_path):
+    from device.runner import Stage
+
+    runner = TestRunner(twin, root=tmp_path)
+    late = []
+
+    def progress(p):  # the operator presses Cancel as the last cells are refocused
+        if p.message.startswith("refocused") and p.message.split()[1].split("/")[0] == \
+                p.message.split()[1].split("/")[1]:
+            late.append(True)
+
+    out = runner.run(operator="n", sample_id="S-5", progress=progress, cancelled=lambda: bool(late))
+    assert late
+    assert out.state is Stage.DONE and out.stored
+    assert runner.db.test(out.uid).state == "done"
+    runner.close()
