@@ -41,8 +41,9 @@ LIMITS = {
                   "flat_level_min": 0.25, "flat_level_max": 0.85, "flat_saturated_max": 0.001},
     "distance": {"led_spread_max_um": 40.0, "residual_max_um": 10.0},
     "shifts": {"residual_max_px": 0.5, "fallbacks_max": 0},
-    # bead limits from the method's measured performance on simulated 8 um beads: IMX477 (1.55 um
-    # pixels) bias +4 to +5 %, CV 10-12 %; IMX708 / IMX219 bias +1.6 to +3 %, CV 4-5 %
+    # bead limits from the method's measured performance on simulated 8 um beads (512-768 px
+    # windows, three sensors; tests/benchmarks/bench_calibration.py): bias +1.6 to +5 %, CV 2-12 %,
+    # the worst on the IMX477's 1.55 um pixels in a 512 px window
     "beads": {"bias_max_pct": 6.0, "cv_max_pct": 15.0, "beads_min": 30},
 }
 
