@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,15 @@ TOLERANCES = {"call_agreement_min": 0.97, "percent_abs_max": 2.0, "count_rel_max
               "match_px": 2.0}
 #: the loosest tolerances the software accepts from a bundle, whatever it says
 LIMITS = {"call_agreement_min": 0.9, "percent_abs_max": 5.0, "count_rel_max": 0.1, "match_px": 4.0}
+
+
+def default_cache(root: Path) -> Path:
+    """Where golden captures are kept: ``$HOLODIFF_GOLDEN_CACHE``, else ``root/golden``.
+
+    The captures depend only on their recipes, so several homes (a test session's) may share one.
+    """
+    env = os.environ.get("HOLODIFF_GOLDEN_CACHE")
+    return Path(env) if env else Path(root) / "golden"
 
 
 class GoldenMismatch(HoloDiffError, ValueError):

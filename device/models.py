@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from device.errors import StorageError
-from device.golden import GoldenReport, check_golden
+from device.golden import GoldenReport, check_golden, default_cache
 from device.home import database_path, home
 from device.store import ResultsDB
 from holography import __version__
@@ -103,7 +103,7 @@ class ModelSlots:
     factory : path, optional
         The bundle shipped with the software, used when no slot verifies.
     golden_cache : path, optional
-        Where the golden captures are generated (default ``root/golden``).
+        Where the golden captures are generated (default :func:`device.golden.default_cache`).
     on_step : callable, optional
         Called with the name of each install step before it runs (tests cut power there).
     """
@@ -113,7 +113,7 @@ class ModelSlots:
         self.root = Path(root) if root is not None else home()
         self.dir = self.root / "models"
         self.factory = Path(factory) if factory is not None else DEFAULT_MODEL
-        self.golden_cache = golden_cache or self.root / "golden"
+        self.golden_cache = golden_cache or default_cache(self.root)
         self.on_step = on_step or (lambda step: None)
 
     # -- pointer and slots ---------------------------------------------------------------

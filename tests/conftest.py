@@ -11,6 +11,21 @@ from holography.simulate import DEFAULT_LEDS, SimConfig, simulate_capture
 GREEN = (DEFAULT_LEDS[1],)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def golden_cache_shared(tmp_path_factory):
+    """One cache of the golden captures for the whole session (they depend only on recipes)."""
+    import os
+
+    d = tmp_path_factory.mktemp("golden-shared")
+    old = os.environ.get("HOLODIFF_GOLDEN_CACHE")
+    os.environ["HOLODIFF_GOLDEN_CACHE"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("HOLODIFF_GOLDEN_CACHE", None)
+    else:
+        os.environ["HOLODIFF_GOLDEN_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def capdir(tmp_path_factory):
     """Factory of cached simulated captures: capdir(name, **simulate kwargs)."""

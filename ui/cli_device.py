@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,12 +27,14 @@ def _progress(p: Progress) -> None:
 
 
 def _run_test(args: argparse.Namespace, *, profile: str, simulated: bool | None,
-              title: str) -> int:
+              title: str, prefix: str) -> int:
     from ui.cli import format_report
 
     t0 = time.perf_counter()
     if not args.sample_id:
-        args.sample_id = f"DEMO-{time.strftime('%Y%m%d-%H%M%S')}"
+        args.sample_id = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not args.operator:
+        args.operator = os.environ.get("USER") or "console"
     with open_instrument(profile, simulated=simulated) as instr:
         if instr.simulated:
             log.info("simulated analyzer (%s): inserting a simulated %s sample (seed %d)",
@@ -77,13 +80,14 @@ def _run_test(args: argparse.Namespace, *, profile: str, simulated: bool | None,
 def cmd_demo(args: argparse.Namespace) -> int:
     """``holodiff demo``: one whole test on the built-in simulated analyzer."""
     return _run_test(args, profile=args.profile, simulated=True,
-                     title="HoloDiff demo (simulated analyzer)")
+                     title="HoloDiff demo (simulated analyzer)", prefix="DEMO")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``holodiff run``: one test on the attached analyzer (its twin where none is found)."""
     simulated = True if args.simulated else (False if args.hardware else None)
-    return _run_test(args, profile=args.profile, simulated=simulated, title="HoloDiff test")
+    return _run_test(args, profile=args.profile, simulated=simulated, title="HoloDiff test",
+                     prefix="RUN")
 
 
 def _open_db() -> ResultsDB:
@@ -220,9 +224,9 @@ def _write(dest: str, text: str) -> None:
 
 
 def _test_options(p: argparse.ArgumentParser, *, demo: bool) -> None:
-    p.add_argument("--sample-id", help="sample (tube) ID" + (" (default DEMO-<time>)" if demo else ""),
-                   required=not demo)
-    p.add_argument("--operator", default="demo" if demo else None, required=not demo,
+    p.add_argument("--sample-id", help="sample (tube) ID (default " + ("DEMO" if demo else "RUN")
+                   + "-<date>-<time>)")
+    p.add_argument("--operator", default="demo" if demo else None,
                    help="operator ID")
     p.add_argument("--patient-id", help="patient ID (medical record number)")
     p.add_argument("--profile", default=DEMO_PROFILE if demo else None,

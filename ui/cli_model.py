@@ -27,7 +27,7 @@ def cmd_model(args: argparse.Namespace) -> int:
               f"repository), public {args.public} (put it in hardware/keys/)")
         return 0
     if args.action == "sign":
-        from device.golden import reference_results
+        from device.golden import default_cache, reference_results
 
         onnx = Path(args.onnx)
         card_path = Path(args.card) if args.card else onnx.with_name(
@@ -37,7 +37,7 @@ def cmd_model(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path(f"{card['name']}-{version}.hdmodel")
         log.info("running the golden capture set with %s", onnx)
         golden = reference_results(onnx, Path(args.golden_cache) if args.golden_cache
-                                   else home() / "golden", progress=_say)
+                                   else default_cache(home()), progress=_say)
         build_bundle(out, model=onnx.read_bytes(), card=card, golden=golden, version=version,
                      counter=args.counter, min_software=args.min_software,
                      private_key_path=args.key)

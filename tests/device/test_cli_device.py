@@ -133,9 +133,9 @@ def test_tampered_audit_fails_verification(home, tmp_path):
     assert r.returncode == 2 and "row 3 was edited" in r.stderr and r.stdout == ""
 
 
-def test_run_without_a_sample_id_or_operator_is_refused(tmp_path):
-    r = run("run", "--simulated", home=tmp_path)
-    assert r.returncode == 2 and "--sample-id" in r.stderr
+def test_run_with_a_bad_profile_says_which(tmp_path):
+    r = run("run", "--simulated", "--profile", "nonesuch", home=tmp_path)
+    assert r.returncode == 2 and "no hardware profile 'nonesuch'" in r.stderr and r.stdout == ""
 
 
 def test_results_before_any_test_says_what_to_do(tmp_path):

@@ -48,8 +48,8 @@ def keys(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def golden_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("golden")
+def golden_cache(golden_cache_shared):
+    return golden_cache_shared
 
 
 @pytest.fixture(scope="module")
