@@ -80,15 +80,26 @@ def _retar(src: Path, dst: Path, change) -> Path:
     return dst
 
 
-@pytest.fixture
-def slots(tmp_path, keys, golden_cache, shipped, monkeypatch):
-    """Slots with a test-key bundle (counter 5) installed and active in slot A."""
-    monkeypatch.setenv("HOLODIFF_HARDWARE", str(keys["hw"]))  # the analyzer's trust store
-    s = ModelSlots(tmp_path / "home", golden_cache=golden_cache)
-    good = _make(keys, tmp_path, "good.hdmodel", counter=5, shipped_bundle=shipped)
+@pytest.fixture(scope="module")
+def installed_home(tmp_path_factory, keys, golden_cache, shipped):
+    """A home with a test-key bundle (counter 5) installed through the real path, once."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HOLODIFF_HARDWARE", str(keys["hw"]))
+    tmp = tmp_path_factory.mktemp("installed")
+    s = ModelSlots(tmp / "home", golden_cache=golden_cache)
+    good = _make(keys, tmp, "good.hdmodel", counter=5, shipped_bundle=shipped)
     rep = s.install(good, user="svc1")
+    mp.undo()
     assert rep.slot == "A" and rep.golden.captures[0]["agreement"] == 1.0
-    return s
+    return tmp / "home"
+
+
+@pytest.fixture
+def slots(tmp_path, keys, golden_cache, installed_home, monkeypatch):
+    """A copy of that home: slot A active and verified (each test changes its own copy)."""
+    monkeypatch.setenv("HOLODIFF_HARDWARE", str(keys["hw"]))  # the analyzer's trust store
+    shutil.copytree(installed_home, tmp_path / "home")
+    return ModelSlots(tmp_path / "home", golden_cache=golden_cache)
 
 
 def _still_working(s: ModelSlots, slot="A", counter=5):

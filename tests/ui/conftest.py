@@ -34,7 +34,9 @@ def app(request, qtbot, tmp_path, shot_dir):
     with ResultsDB(tmp_path / "results.sqlite") as db:
         db.add_user("nurse1", role="nurse", pin="1234", by="console")
         db.add_user("svc1", role="service", pin="9876", by="console")
-    ctl = AppController(instr, root=tmp_path)
+    # the 256x256 test window counts about ten cells: the flow tests accept such a short QC count
+    # (test_qc_needs_enough_cells checks the real minimum)
+    ctl = AppController(instr, root=tmp_path, qc_min_cells=5)
     win = MainWindow(ctl, size=SIZES[request.param])
     qtbot.addWidget(win)
     win.show()

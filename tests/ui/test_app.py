@@ -252,3 +252,18 @@ def test_service_installs_a_model_from_the_touchscreen(app, qtbot, tmp_path, mon
     app.shot("22-service-installed")
     click(qtbot, app.service.rollback)
     assert "no previous model" in app.service.msg.text()
+
+
+def test_qc_needs_enough_cells_and_values_within_the_allowance(app):
+    from ui.app.controller import AppController
+
+    ctl = AppController(app.ctl.instr, root=app.ctl.root)  # the analyzer's own minimum
+    res = {"cells_classified": 12, "wbc_per_uL": 7000.0,
+           "differential_5part": {"neutrophil": 58.0, "lymphocyte": 30.0}}
+    ok, why = ctl.evaluate_qc(res)
+    assert not ok and "too few to judge" in why
+    res["cells_classified"] = 2000
+    assert ctl.evaluate_qc(res)[0]
+    res["wbc_per_uL"] = 9000.0  # 29 % high: beyond 15 % + 3 SE of 2000 cells
+    ok, why = ctl.evaluate_qc(res)
+    assert not ok and "WBC 9000.0" in why

@@ -27,12 +27,12 @@ from device.store import ResultsDB
 #: operators are logged out after this long without a touch
 IDLE_LOGOUT_S = 300
 #: the control material: lot, assigned values (WBC /uL, %), the systematic allowance of the lot
-#: sheet, and the twin's preset that stands for the vial. A run passes when each value is within
-#: the allowance plus three standard errors of its own count (Poisson for the WBC, binomial for
-#: the percentages), so a short count is judged by what it can know.
+#: sheet, and the twin's preset that stands for the vial. A run passes when it counted at least
+#: ``min_cells`` white cells and each value is within the allowance plus three standard errors of
+#: its own count (Poisson for the WBC, binomial for the percentages).
 CONTROL = {"lot": "HD-CTRL-N 2026-11", "preset": "healthy", "seed": 777,
            "wbc_per_uL": 7000.0, "neutrophil": 58.0, "lymphocyte": 30.0,
-           "allow_wbc_rel": 0.15, "allow_pct": 8.0}
+           "allow_wbc_rel": 0.15, "allow_pct": 8.0, "min_cells": 100}
 QC_VALID_H = 24
 #: reference intervals shown beside a result (adults; Dacie and Lewis, 12th ed.)
 REFERENCE = {"wbc_per_uL": (4000.0, 11000.0), "neutrophil": (40.0, 75.0),
@@ -102,8 +102,10 @@ class AppController:
     """The touchscreen's state and rules, on one instrument and one home."""
 
     def __init__(self, instrument: Instrument, *, root: Path | None = None,
-                 model: str | Path | None = None, clock=time.monotonic):
+                 model: str | Path | None = None, clock=time.monotonic,
+                 qc_min_cells: int = CONTROL["min_cells"]):
         self.instr = instrument
+        self.qc_min_cells = qc_min_cells
         self.root = Path(root) if root is not None else home()
         self.model = model
         self.clock = clock
@@ -184,6 +186,9 @@ class AppController:
     def evaluate_qc(self, result: dict[str, Any]) -> tuple[bool, str]:
         """Compare a control run's result with the lot's assigned values (see :data:`CONTROL`)."""
         n = max(int(result.get("cells_classified") or 0), 1)
+        if n < self.qc_min_cells:
+            return False, (f"only {n} white cells counted (needs {self.qc_min_cells}): too few to "
+                           f"judge the control; repeat QC with a new vial")
         bad, seen = [], []
         wbc = result.get("wbc_per_uL")
         t = CONTROL["wbc_per_uL"]
