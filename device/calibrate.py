@@ -81,10 +81,12 @@ def calibrate_dark_flat(instr: Instrument, *, user: str, root: Path | None = Non
     return _store(instr, root, res, user)
 
 
-def _with_capture(instr: Instrument, fn: Callable, progress) -> procedures.CalResult:
+def _with_capture(instr: Instrument, root: Path, fn: Callable, progress) -> procedures.CalResult:
+    """Record a capture of what is in the chamber (with the active flats) and run ``fn`` on it."""
     tmp = Path(tempfile.mkdtemp(prefix="holodiff-cal-"))
     try:
-        cap = acquire_capture(instr, tmp / "capture", progress=progress)
+        cap = acquire_capture(instr, tmp / "capture", flats=CalibrationStore(root).flats(),
+                              progress=progress)
         return fn(cap)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -94,7 +96,7 @@ def calibrate_distance(instr: Instrument, *, user: str, root: Path | None = None
                        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Sample distance per LED by autofocus of a capture of what is in the chamber."""
     root = root or home()
-    res = _with_capture(instr, procedures.sample_distance, progress)
+    res = _with_capture(instr, root, procedures.sample_distance, progress)
     return _store(instr, root, res, user)
 
 
@@ -104,7 +106,7 @@ def calibrate_shifts(instr: Instrument, *, user: str, root: Path | None = None,
     root = root or home()
     dist = CalibrationStore(root).active().get("distance")
     z2 = dist["values"].get("sample_distance_um") if dist and dist["passed"] else None
-    res = _with_capture(instr, lambda cap: procedures.die_shifts(cap, sample_distance_um=z2),
+    res = _with_capture(instr, root, lambda cap: procedures.die_shifts(cap, sample_distance_um=z2),
                         progress)
     return _store(instr, root, res, user)
 
@@ -115,6 +117,6 @@ def calibrate_beads(instr: Instrument, *, user: str, diameter_um: float, root: P
     root = root or home()
     if not 1.0 <= diameter_um <= 50.0:
         raise ValueError(f"bead diameter {diameter_um} um is outside 1-50 um")
-    res = _with_capture(instr, lambda cap: procedures.bead_sizing(cap, nominal_um=diameter_um),
+    res = _with_capture(instr, root, lambda cap: procedures.bead_sizing(cap, nominal_um=diameter_um),
                         progress)
     return _store(instr, root, res, user)
