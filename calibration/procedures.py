@@ -42,7 +42,7 @@ LIMITS = {
     "distance": {"led_spread_max_um": 40.0, "residual_max_um": 10.0},
     "shifts": {"residual_max_px": 0.5, "fallbacks_max": 0},
     # bead limits from the method's measured performance on simulated 8 um beads (512-768 px
-    # windows, three sensors; tests/benchmarks/bench_calibration.py): bias +1.6 to +5 %, CV 2-12 %,
+    # windows, three sensors; tests/benchmarks/bench_calibration.py): bias +2 to +5 %, CV 2-12 %,
     # the worst on the IMX477's 1.55 um pixels in a 512 px window
     "beads": {"bias_max_pct": 6.0, "cv_max_pct": 15.0, "beads_min": 30},
 }
