@@ -93,7 +93,7 @@ def set_exposures(instr: Instrument, *, progress: Callable[[str], None] | None =
         best = int(np.argmax([resp["R"], resp["G"], resp["B"]])) if prof.sensor.bayer else 1
         mask = chan == best
         level = 0.0
-        exposure = float(cam.exposure_us)
+        exposure = 0.0
         for die in [d for d in prof.leds.dies if d.led == colour]:
             exposure = float(min(max(2000, prof.sensor.exposure_us_min), prof.sensor.exposure_us_max))
             for _ in range(prof.acquisition.metering_steps + 2):

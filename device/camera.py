@@ -9,7 +9,6 @@ the simulated twin (:class:`SimulatedCamera`) implement only the ``_do_*`` hooks
 from __future__ import annotations
 
 import abc
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -193,7 +192,3 @@ class SimulatedCamera(Camera):
         self.frames_read += 1
         return data, self.spec.black_level
 
-
-def wall_clock() -> float:
-    """Monotonic seconds of the real instrument."""
-    return time.monotonic()

@@ -25,9 +25,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from device.errors import ExportError
+from holography.sample import WBC_CLASSES as CLASSES
+from inference.result import MDW_HIGH_CV_PCT
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
-CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
 PCT_LOINC = {"neutrophil": ("770-8", "Neutrophils/100 leukocytes in Blood by Automated count"),
              "lymphocyte": ("736-9", "Lymphocytes/100 leukocytes in Blood by Automated count"),
              "monocyte": ("5905-5", "Monocytes/100 leukocytes in Blood by Automated count"),
@@ -48,9 +49,6 @@ REFERENCE = {"wbc": (4.0, 11.0),
              "monocyte_pct": (2.0, 10.0), "eosinophil_pct": (1.0, 6.0), "basophil_pct": (0.0, 2.0),
              "neutrophil_abs": (2.0, 7.0), "lymphocyte_abs": (1.0, 3.0),
              "monocyte_abs": (0.2, 1.0), "eosinophil_abs": (0.02, 0.5), "basophil_abs": (0.0, 0.1)}
-#: MDW CV above which the sepsis screen is positive (the MDW_HIGH flag, inference.result)
-MDW_CV_LIMIT = 20.0
-
 
 def _abn(value: float | None, key: str) -> str:
     if value is None:
@@ -91,7 +89,7 @@ def observations(result: dict[str, Any]) -> list[dict[str, Any]]:
         obs.append({"code": MDW_SD[0], "name": MDW_SD[1], "system": "L", "value": mdw["sd_fl"],
                     "unit": "fL", "range": "", "flag": "H" if high else "N"})
         obs.append({"code": MDW_CV[0], "name": MDW_CV[1], "system": "L", "value": mdw["cv_pct"],
-                    "unit": "%", "range": f"<={MDW_CV_LIMIT:g}", "flag": "H" if high else "N"})
+                    "unit": "%", "range": f"<={MDW_HIGH_CV_PCT:g}", "flag": "H" if high else "N"})
     return obs
 
 

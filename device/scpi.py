@@ -343,10 +343,6 @@ class CommandTree:
                 return cmd, suffixes
         raise ScpiError(-113, ":".join(path) + ("?" if query else ""))
 
-    def branch(self, cmd: Command, path: list[str]) -> list[str]:
-        """The header path to continue from after ``cmd`` (its parent branch)."""
-        return path[:-1]
-
 
 # -- responses ----------------------------------------------------------------------------------
 def block(data: bytes) -> bytes:

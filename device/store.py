@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from device.errors import AuditError, LoginError, StorageError
+from holography.sample import WBC_CLASSES as CLASSES
 
 GENESIS = "0" * 64
-CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
 
 #: schema migrations, applied in order; version N is after the first N
 MIGRATIONS: tuple[tuple[str, ...], ...] = (

@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from calibration.store import CalibrationStore
+from device import lis
 from device.errors import LoginError
 from device.home import database_path, home
 from device.instrument import Instrument
 from device.models import ModelSlots
 from device.runner import TestRunner
 from device.store import ResultsDB
+from holography.sample import WBC_CLASSES
+from inference.result import MDW_HIGH_CV_PCT
 
 #: operators are logged out after this long without a touch
 IDLE_LOGOUT_S = 300
@@ -34,10 +37,11 @@ CONTROL = {"lot": "HD-CTRL-N 2026-11", "preset": "healthy", "seed": 777,
            "wbc_per_uL": 7000.0, "neutrophil": 58.0, "lymphocyte": 30.0,
            "allow_wbc_rel": 0.15, "allow_pct": 8.0, "min_cells": 100}
 QC_VALID_H = 24
-#: reference intervals shown beside a result (adults; Dacie and Lewis, 12th ed.)
-REFERENCE = {"wbc_per_uL": (4000.0, 11000.0), "neutrophil": (40.0, 75.0),
-             "lymphocyte": (20.0, 45.0), "monocyte": (2.0, 10.0), "eosinophil": (1.0, 6.0),
-             "basophil": (0.0, 2.0), "granulocyte": (42.0, 80.0), "mdw_cv_pct": (0.0, 20.0)}
+#: reference intervals shown beside a result: the LIS export's (device.lis.REFERENCE, adults,
+#: Dacie and Lewis 12th ed.) in the screen's units, and the MDW_HIGH limit
+REFERENCE = {"wbc_per_uL": tuple(1000.0 * v for v in lis.REFERENCE["wbc"]),
+             **{c: lis.REFERENCE[f"{c}_pct"] for c in WBC_CLASSES},
+             "mdw_cv_pct": (0.0, MDW_HIGH_CV_PCT)}
 #: what each QC flag means to a nurse, and what to do next
 FLAG_ADVICE = {
     "EMPTY_CHAMBER": "No cells were found. Check the sample was loaded, then repeat with a new sample.",
@@ -236,7 +240,6 @@ class AppController:
 
     def send_to_lis(self, uid: str) -> str:
         """Send a result to the LIS configured in settings; return what happened."""
-        from device import lis
         from device.errors import ExportError
 
         host = self.settings().get("lis")

@@ -36,6 +36,7 @@ from PyQt6.QtWidgets import (
 
 from device.errors import LoginError
 from holography.errors import HoloDiffError
+from holography.sample import WBC_CLASSES as CLASSES
 from ui.app.controller import (
     CONTROL,
     FLAG_ADVICE,
@@ -45,8 +46,6 @@ from ui.app.controller import (
     check_sample_id,
 )
 from ui.app.widgets import TOUCH_PX, Gallery, Histogram, Keypad, Scattergram, touch_button
-
-CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
 
 
 def _title(text: str) -> QLabel:
@@ -461,8 +460,7 @@ class ResultScreen(QWidget):
                      res["differential_3part_ci95"]["granulocyte"]))
         self.table.setRowCount(len(rows))
         for i, (name, v, ci) in enumerate(rows):
-            key = name.split()[0].rstrip("s") if "granulo" in name else name
-            rlo, rhi = REFERENCE.get(key, (None, None))
+            rlo, rhi = REFERENCE.get(name, (None, None))  # no cited interval for granulocytes
             mark = "" if rlo is None or rlo <= v <= rhi else (" L" if v < rlo else " H")
             for j, text in enumerate((name, f"{v:.1f}{mark}", f"{ci[0]:.1f}-{ci[1]:.1f}",
                                       f"{rlo:g}-{rhi:g}" if rlo is not None else "")):
