@@ -3,8 +3,7 @@
 Steps (see DESIGN.md's data path):
 
 1. Raw frames -> relative intensity (:mod:`holography.raw`), QC of every frame.
-2. Per LED, the frame of the central die is taken (pixel super-resolution of
-   all dies is a later stage) and its amplitude ``sqrt(I)`` split into
+2. Per LED, the frame of the central die is taken and its amplitude ``sqrt(I)`` split into
    overlapping tiles (``tile_px`` core + ``margin_px`` each side, edges padded
    by reflection and tapered towards the background), so that a full-sensor
    capture never needs more than a few tiles' worth of FFT memory.
@@ -15,6 +14,11 @@ Steps (see DESIGN.md's data path):
 4. Each LED is refocused per tile at the plane's distance at that tile
    (with its own small offset, refined on a few tiles: the distance is
    wavelength dependent in practice) and the tile cores are stitched.
+5. The hologram amplitudes are kept (float16) for the per-cell pixel
+   super-resolution and phase retrieval of the analysis
+   (:mod:`inference.detect`); where an LED lit several dies, the other dies'
+   frames are registered to the central die's frame to a fraction of a pixel
+   (:class:`holography.superres.DieSet`).
 
 Geometry: every propagation is done on the sensor grid (pitch ``p``) over the
 sensor-equivalent distance ``D = z2 (z1 + z2) / z1``, which by the Fresnel
@@ -30,12 +34,14 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.ndimage as ndi
 
 from holography.capture import Capture, FrameInfo
 from holography.focus import FocalPlane, FocusResult, autofocus, fit_plane, refine
 from holography.propagation import Propagator, fft2, ifft2, transfer_function
 from holography.raw import FrameQC, hot_pixel_mask, normalise_frame
 from holography.retrieval import retrieve_leds, twin_image_energy
+from holography.superres import DieSet, Shift, predicted_shift_px, register
 
 FLAG_SATURATED = "SATURATED"
 FLAG_DARK_FRAME = "DARK_FRAME"
@@ -65,6 +71,10 @@ class ReconOptions:
         LEDs to reconstruct (None: all that are not dark).
     keep_fields : bool
         Keep the stitched complex fields (False: focus and QC only).
+    keep_dies : bool
+        Keep the hologram amplitudes, registering the dies of an LED with
+        several, for the analysis's per-cell super-resolution and phase
+        retrieval; needs ``keep_fields``.
     """
 
     search_um: float = 1000.0
@@ -77,6 +87,7 @@ class ReconOptions:
     focus_tiles: int = 4
     leds: tuple[str, ...] | None = None
     keep_fields: bool = True
+    keep_dies: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,6 +128,14 @@ class Reconstruction:
         Flag code -> one line for a person.
     fft_pairs : float
         Work done, in FFT-pair equivalents of one full frame.
+    focus_led : str
+        LED the plane was found with.
+    dies : dict
+        LED -> :class:`holography.superres.DieSet` (``keep_dies``).
+    led_shift_px : dict
+        LED -> shift of its field relative to the focus LED's (registered between
+        colours: an LED whose dies sit beside the focus LED's sees the sample
+        shifted on the sensor).
     """
 
     fields: dict[str, np.ndarray] = field(default_factory=dict)
@@ -130,6 +149,8 @@ class Reconstruction:
     flag_details: dict[str, str] = field(default_factory=dict)
     fft_pairs: float = 0.0
     focus_led: str | None = None
+    dies: dict[str, DieSet] = field(default_factory=dict)
+    led_shift_px: dict[str, Shift] = field(default_factory=dict)
 
     def flag(self, code: str, detail: str) -> None:
         """Raise a QC flag once, with its explanation."""
@@ -211,16 +232,40 @@ def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -
     full_pair = capture.shape[0] * capture.shape[1]
 
     amplitudes: dict[str, np.ndarray] = {}
+    others: dict[str, list[tuple[FrameInfo, np.ndarray]]] = {}
+    left_out: dict[str, list[str]] = {}
+    references: dict[str, FrameInfo] = {}
     for led in capture.leds:
         flat = capture.load_flat(led)
         ref = _pick_reference(capture.frames_of(led))
+        wanted = opt.leds is None or led in opt.leds
+        several = opt.keep_dies and len(capture.frames_of(led)) > 1
         for info in capture.frames_of(led):
             inten, qc = normalise_frame(capture.load_frame(info), sensor=sensor, dark=dark,
                                         flat=flat, hot=hot)
             rec.qc[info.file] = qc
-            if info is ref and not qc.dark and (opt.leds is None or led in opt.leds):
+            if not wanted:
+                pass
+            elif qc.dark:
+                left_out.setdefault(led, []).append(f"{info.file} (dark)")
+            elif info is ref:
                 amplitudes[led] = np.sqrt(np.maximum(inten, 0.0))
+            elif several:
+                others.setdefault(led, []).append(
+                    (info, np.sqrt(np.maximum(inten, 0.0)).astype(np.float16)))
             del inten
+        references[led] = ref
+        if led not in amplitudes and others.get(led):
+            # the central die failed: the die nearest it stands in, moved back by the shift
+            # its offset predicts at the nominal distance, so the colours stay registered
+            others[led].sort(key=lambda fa: math.dist(fa[0].led_offset_um, ref.led_offset_um))
+            info, amp = others[led].pop(0)
+            dy, dx = predicted_shift_px(
+                (info.led_offset_um[0] - ref.led_offset_um[0],
+                 info.led_offset_um[1] - ref.led_offset_um[1]),
+                sample_distance_um=nominal, source_distance_um=z1, pitch_um=p)
+            amplitudes[led] = ndi.shift(amp.astype(np.float32), (-dy, -dx), order=3,
+                                        mode="nearest")
     saturated = {f: q.saturated_fraction for f, q in rec.qc.items() if q.saturated}
     if saturated:
         worst = max(saturated, key=saturated.get)
@@ -237,7 +282,7 @@ def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -
         return rec
 
     focus_led = "green" if "green" in amplitudes else max(
-        amplitudes, key=lambda k: rec.qc[_pick_reference(capture.frames_of(k)).file].signal_fraction)
+        amplitudes, key=lambda k: rec.qc[references[k].file].signal_fraction)
     rec.focus_led = focus_led
     core, margin = opt.tile_px, opt.margin_px
     if max(capture.shape) <= core + 2 * margin:
@@ -347,8 +392,96 @@ def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -
             out[r0:r0 + nr, c0:c0 + nc] = u[margin:margin + nr, margin:margin + nc]
             evals += 0.5
         rec.fields[led] = out
+        if opt.keep_dies:
+            rec.dies[led] = register_led_dies(
+                capture, references[led], amp, others.pop(led, []),
+                sample_distance_um=rec.led_distance_um[led], left_out=left_out.get(led, []))
+            evals += 3 * len(rec.dies[led].shifts) * min(512, *capture.shape) ** 2 / tile_pixels
+    if opt.keep_fields and focus_led in rec.fields:
+        for led in rec.fields:
+            rec.led_shift_px[led] = (Shift(dy=0.0, dx=0.0, peak=1.0, residual_px=0.0)
+                                     if led == focus_led else _colour_shift(
+                                         capture, rec, references, led, focus_led))
+            evals += 1.5 * min(REGISTER_PX, *capture.shape) ** 2 / tile_pixels
     rec.fft_pairs = evals * tile_pixels / full_pair
     return rec
+
+
+def _colour_shift(capture: Capture, rec: Reconstruction, references: dict[str, FrameInfo],
+                  led: str, focus_led: str) -> Shift:
+    """Shift of ``led``'s focused field relative to the focus LED's (between colours).
+
+    Measured by phase correlation of the focused amplitudes on the central
+    square, searched around the shift the reference dies' offsets predict; the
+    prediction is used when the measurement is weak or far from it.
+    """
+    a, b = references[focus_led], references[led]
+    z1 = capture.geometry.source_distance_mm * 1000.0
+    pred = predicted_shift_px((b.led_offset_um[0] - a.led_offset_um[0],
+                               b.led_offset_um[1] - a.led_offset_um[1]),
+                              sample_distance_um=rec.plane.distance_um, source_distance_um=z1,
+                              pitch_um=capture.sensor.pixel_pitch_um)
+    h, w = capture.shape
+    n = min(REGISTER_PX, h, w)
+    win = (slice((h - n) // 2, (h - n) // 2 + n), slice((w - n) // 2, (w - n) // 2 + n))
+    s = register(np.abs(rec.fields[focus_led][win]), np.abs(rec.fields[led][win]), predicted=pred,
+                 search_px=2.0)
+    if s.residual_px <= MAX_SHIFT_RESIDUAL_PX and s.peak >= MIN_REGISTER_PEAK:
+        return s
+    return Shift(dy=float(pred[0]), dx=float(pred[1]), peak=s.peak, residual_px=s.residual_px)
+
+
+#: dies are registered on the central REGISTER_PX square of the frames
+REGISTER_PX = 512
+#: a measured die shift is trusted within this distance of the geometry's prediction (px)
+MAX_SHIFT_RESIDUAL_PX = 0.5
+#: smallest normalised phase-correlation peak of a trusted registration
+MIN_REGISTER_PEAK = 0.05
+
+
+def register_led_dies(capture: Capture, ref_info: FrameInfo, reference: np.ndarray,
+                      others: list[tuple[FrameInfo, np.ndarray]], *, sample_distance_um: float,
+                      left_out: list[str] | None = None) -> DieSet:
+    """Register the frames of an LED's other dies to its central die's frame.
+
+    Each shift is measured by phase correlation on the central
+    :data:`REGISTER_PX` square, searched around the shift the die offsets of
+    the metadata predict. A measured shift farther than
+    :data:`MAX_SHIFT_RESIDUAL_PX` from the prediction is measured again
+    without the prediction: when that correlation is strong, the metadata's
+    die offset is wrong and the measurement is used (its residual says how
+    wrong); when it is weak too (an empty or featureless field) the
+    prediction is used.
+    """
+    z1 = capture.geometry.source_distance_mm * 1000.0
+    p = capture.sensor.pixel_pitch_um
+    h, w = reference.shape
+    n = min(REGISTER_PX, h, w)
+    win = (slice((h - n) // 2, (h - n) // 2 + n), slice((w - n) // 2, (w - n) // 2 + n))
+    ref_win = reference[win].astype(np.float32)
+    amps = [reference.astype(np.float16)]
+    shifts = [Shift(dy=0.0, dx=0.0, peak=1.0, residual_px=0.0)]
+    fallbacks: list[int] = []
+    for info, amp in others:
+        rel = (info.led_offset_um[0] - ref_info.led_offset_um[0],
+               info.led_offset_um[1] - ref_info.led_offset_um[1])
+        pred = predicted_shift_px(rel, sample_distance_um=sample_distance_um,
+                                  source_distance_um=z1, pitch_um=p)
+        frame = amp[win].astype(np.float32)
+        s = register(ref_win, frame, predicted=pred, search_px=2.0)
+        if not (s.residual_px <= MAX_SHIFT_RESIDUAL_PX and s.peak >= MIN_REGISTER_PEAK):
+            free = register(ref_win, frame)
+            if free.peak >= max(MIN_REGISTER_PEAK, s.peak):
+                s = Shift(dy=free.dy, dx=free.dx, peak=free.peak,
+                          residual_px=math.hypot(free.dy - pred[0], free.dx - pred[1]))
+            else:
+                fallbacks.append(len(amps))
+                s = Shift(dy=float(pred[0]), dx=float(pred[1]), peak=s.peak,
+                          residual_px=s.residual_px)
+        amps.append(amp)
+        shifts.append(s)
+    return DieSet(led=ref_info.led, amplitudes=amps, shifts=shifts, fallbacks=fallbacks,
+                  left_out=list(left_out or []))
 
 
 def _autofocus_z2(prop: Propagator, z_lo: float, z_hi: float, opt: ReconOptions, z1: float,

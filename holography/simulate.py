@@ -72,7 +72,12 @@ FAULTS = ("saturated", "failed_led", "defocused", "empty_chamber", "corrupt_file
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LedSpec:
-    """One LED colour: name, centre wavelength and FWHM (nm), die offsets (um) in the LED plane."""
+    """One LED colour: name, centre wavelength and FWHM (nm), die offsets (um) in the LED plane.
+
+    :func:`simulate_capture` places its dies itself (``n_dies``) and adds a single
+    offset given here to all of them: the colour's position in a multi-colour
+    package, which shifts that colour's holograms against the others'.
+    """
 
     name: str
     wavelength_nm: float
@@ -381,7 +386,10 @@ def simulate_capture(out_dir: str | Path, *, preset: str = "healthy", seed: int 
         flat_e = illum0 * qe_px * sensor.prnu * (cfg.exposure_fill * sensor.full_well)
         arrays[f"flat_{led.name}.npy"] = sensor.expose(flat_e, frames=cfg.flat_frames)
         flats_meta[led.name] = f"flat_{led.name}.npy"
-        for die in dies:
+        # a colour's own die position in a multi-colour package shifts all its dies
+        base = led.offsets_um[0] if len(led.offsets_um) == 1 else (0.0, 0.0)
+        for die0 in dies:
+            die = (die0[0] + base[0], die0[1] + base[1])
             name = f"f{len(frames_meta):03d}.npy"
             power = float(rng.uniform(0.95, 1.05))
             if led.name == failed_led:

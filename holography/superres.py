@@ -167,6 +167,15 @@ def predicted_shift_px(offset_um: tuple[float, float], *, sample_distance_um: fl
     return (offset_um[1] * k, offset_um[0] * k)
 
 
+def _nearest_fine(x: np.ndarray, factor: int) -> np.ndarray:
+    """Index of the fine pixel nearest to low-resolution coordinate ``x`` (ties go up).
+
+    Low-resolution pixel ``i`` covers fine pixels ``factor i .. factor i + factor - 1``,
+    so its centre lies at fine coordinate ``factor i + (factor - 1) / 2``.
+    """
+    return np.floor(np.asarray(x, np.float64) * factor + (factor - 1) / 2 + 0.5).astype(np.int64)
+
+
 def shift_and_add(frames: list[np.ndarray], shifts: list[Shift], factor: int = 2) -> np.ndarray:
     """Fuse shifted frames on a grid ``factor`` times finer (nearest fine pixel, averaged).
 
@@ -186,8 +195,10 @@ def shift_and_add(frames: list[np.ndarray], shifts: list[Shift], factor: int = 2
     yy, xx = np.mgrid[0:h, 0:w]
     for f, s in zip(frames, shifts, strict=True):
         # sample (i, j) of frame k sees the reference at (i - dy, j - dx) (pixel centres)
-        fy = np.rint((yy - s.dy + 0.5) * factor - 0.5).astype(np.int64) % (h * factor)
-        fx = np.rint((xx - s.dx + 0.5) * factor - 0.5).astype(np.int64) % (w * factor)
+        # ties go up: np.rint's round-half-to-even put exact half-pixel shifts on the
+        # reference's own fine pixels, so a 4-die half-pixel design filled a quarter of the grid
+        fy = _nearest_fine(yy - s.dy, factor) % (h * factor)
+        fx = _nearest_fine(xx - s.dx, factor) % (w * factor)
         np.add.at(acc, (fy, fx), f)
         np.add.at(cnt, (fy, fx), 1.0)
     out = np.where(cnt > 0, acc / np.maximum(cnt, 1), 0.0).astype(np.float32)
@@ -296,3 +307,117 @@ def psr_least_squares(frames: list[np.ndarray], shifts: list[Shift], factor: int
         p = r + (rs_new / rs) * p
         rs = rs_new
     return x, history
+
+
+@dataclass(slots=True, kw_only=True)
+class DieSet:
+    """The usable frames of one LED's dies, registered to its reference die.
+
+    Attributes
+    ----------
+    led : str
+    amplitudes : list of (H, W) float16 arrays
+        ``sqrt`` of each die's normalised hologram; the first is the reference die.
+    shifts : list of Shift
+        Shift of each frame relative to the reference (first (0, 0)).
+    fallbacks : list of int
+        Frames whose shift was taken from the geometry (registration failed).
+    left_out : list of str
+        Frame files not used (dark, or a die that failed), with the reason.
+    """
+
+    led: str
+    amplitudes: list[np.ndarray]
+    shifts: list[Shift]
+    fallbacks: list[int]
+    left_out: list[str]
+
+    @property
+    def frames(self) -> int:
+        """Frames used (1 means no super-resolution is possible)."""
+        return len(self.amplitudes)
+
+    @property
+    def residual_px(self) -> float:
+        """Largest distance between a measured shift and the geometry's prediction (px)."""
+        vals = [s.residual_px for k, s in enumerate(self.shifts)
+                if k and k not in self.fallbacks and math.isfinite(s.residual_px)]
+        return max(vals) if vals else math.nan
+
+
+def psr_windows(dies: DieSet, rows: np.ndarray, cols: np.ndarray, size: int,
+                factor: int = 2) -> np.ndarray:
+    """Shift-and-add hologram windows around many points at once.
+
+    Parameters
+    ----------
+    dies : DieSet
+        Registered frames of one LED.
+    rows, cols : (N,) int arrays
+        Window centres in the reference die's pixels (window ``[r - size//2, r + size//2)``).
+    size : int
+        Window size in sensor pixels.
+    factor : int
+        Fine-grid factor (1: the reference die's window alone).
+
+    Returns
+    -------
+    (N, factor size, factor size) float32
+        Fused amplitude windows, each divided by its own median (empty chamber = 1).
+        Low-resolution pixel ``i`` of the reference window sits at fine coordinate
+        ``factor i + (factor - 1) / 2``. Fine pixels no die reached are filled from
+        their neighbours.
+    """
+    n = len(rows)
+    fs = factor * size
+    acc = np.zeros((n, fs, fs), np.float32)
+    cnt = np.zeros((fs, fs), np.float32)
+    ii = np.arange(size)
+    use = [0] if factor == 1 else range(dies.frames)
+    for k in use:
+        amp, s = dies.amplitudes[k], dies.shifts[k]
+        iy, ix = int(round(s.dy)), int(round(s.dx))
+        # window sample i of die k sees the reference window at i - (shift - round(shift))
+        fy = _nearest_fine(ii - (s.dy - iy), factor)
+        fx = _nearest_fine(ii - (s.dx - ix), factor)
+        oky = (fy >= 0) & (fy < fs)
+        okx = (fx >= 0) & (fx < fs)
+        win = _windows(amp, rows + iy, cols + ix, size)
+        sub = win[:, oky][:, :, okx]
+        acc[:, fy[oky][:, None], fx[okx][None, :]] += sub
+        cnt[fy[oky][:, None], fx[okx][None, :]] += 1.0
+    good = cnt > 0
+    acc[:, good] /= cnt[good]
+    if not good.all():
+        acc = _fill_holes(acc, good)
+    med = np.median(acc.reshape(n, -1), axis=1)
+    acc /= np.maximum(med, 1e-3)[:, None, None]
+    return acc
+
+
+def _windows(img: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
+    """``size x size`` float32 windows of ``img`` around each (row, col), edge-clamped."""
+    h, w = img.shape
+    off = np.arange(size) - size // 2
+    ry = np.clip(rows[:, None] + off[None, :], 0, h - 1)
+    rx = np.clip(cols[:, None] + off[None, :], 0, w - 1)
+    return img[ry[:, :, None], rx[:, None, :]].astype(np.float32)
+
+
+def _fill_holes(stack: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """Fill the fine pixels no sample reached by normalised 3x3 convolution (a shared mask)."""
+    import scipy.ndimage as ndi
+
+    k = np.ones((1, 3, 3), np.float32)
+    g = good.astype(np.float32)[None]
+    out = stack * g
+    for _ in range(6):
+        num = ndi.convolve(out, k, mode="nearest")
+        den = ndi.convolve(g, k, mode="nearest")
+        fill = (g[0] == 0) & (den[0] > 0)
+        out[:, fill] = num[:, fill] / den[0][fill]
+        g = g.copy()
+        g[0][fill] = 1.0
+        if g.all():
+            break
+    return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from holography.capture import Capture, read_capture
 from holography.reconstruct import ReconOptions, reconstruct_capture
 from holography.sample import N_MEDIUM
 from inference.classify import DEFAULT_MODEL, Classifier
-from inference.detect import detect_in_capture
+from inference.detect import RETRIEVAL_ITERATIONS, detect_in_capture
 from inference.result import FLAG_TEXT, FORMAT, call_cells, cell_records, summarise
 
 
@@ -33,6 +33,10 @@ class AnalysisOptions:
     recon: ReconOptions | None = None
     calibration_id: str = "capture-metadata"
     gallery: str | Path | None = None  # write review thumbnails here (``.npz``)
+    #: crops by pixel super-resolution and phase retrieval (None: as the model was trained)
+    enhance: bool | None = None
+    psr: bool = True  # pixel super-resolution of LEDs with several dies
+    retrieval_iterations: int = RETRIEVAL_ITERATIONS  # per-cell phase retrieval (0: none)
 
 
 def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions | None = None,
@@ -53,14 +57,20 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
     clf = classifier or Classifier(opt.model)
     say("reconstructing")
     t = time.perf_counter()
-    rec = reconstruct_capture(cap, opt.recon)
+    enhance = clf.enhanced_crops if opt.enhance is None else opt.enhance
+    recon = opt.recon or ReconOptions()
+    if not enhance and recon.keep_dies:  # the hologram frames are not needed: spare the memory
+        recon = replace(recon, keep_dies=False)
+    rec = reconstruct_capture(cap, recon)
     t_rec = time.perf_counter() - t
     say(f"detecting cells (sample at {rec.plane.distance_um:.0f} um)" if rec.plane else
         "detecting cells")
     t = time.perf_counter()
     det = detect_in_capture(
         cap, rec, progress=lambda k, n: say(f"refocused {k}/{n} candidates")
-        if k == n or k % 1024 < 64 else None)
+        if k == n or k % 1024 < 64 else None, psr=opt.psr,
+        retrieval_iterations=opt.retrieval_iterations,
+        enhance=enhance)
     t_det = time.perf_counter() - t
     t = time.perf_counter()
     if len(det.candidates):
@@ -86,6 +96,7 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
     }
     result.update(summary)
     result["flag_details"] = details
+    result["enhancement"] = det.enhancement
     result["timing_s"] = {"total": round(time.perf_counter() - t0, 2),
                           "reconstruction": round(t_rec, 2), "detection": round(t_det, 2),
                           "classification": round(t_cls, 2)}

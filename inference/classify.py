@@ -115,6 +115,12 @@ class Classifier:
                               sha256=hashlib.sha256(data).hexdigest(), path=str(self.path),
                               classes=self.classes)
 
+    @property
+    def enhanced_crops(self) -> bool:
+        """Whether the model was trained on crops made by pixel super-resolution and phase
+        retrieval (card ``input.crops``), rather than cut from the plain fields (older cards)."""
+        return "retrieval" in str(self.card.get("input", {}).get("crops", ""))
+
     def __call__(self, crops: np.ndarray, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities (N, K) and volumes in fL (N,) of a crop stack."""
         if crops.ndim == 4 and crops.shape[-1] > self.size and crops.shape[-1] == crops.shape[-2]:

@@ -58,6 +58,13 @@ SPLITS = {
 }
 #: seeds of the two splits never overlap
 SEED_BASE = {"train": 1_000_000, "test": 5_000_000}
+#: every MULTI_DIE_EVERY-th capture lights 4 dies per LED (pixel super-resolution), the others 1
+MULTI_DIE_EVERY = 3
+
+
+def dies_of(index: int) -> int:
+    """LED dies per colour of capture ``index`` of a data set (1, or 4 for every third)."""
+    return 4 if index % MULTI_DIE_EVERY == MULTI_DIE_EVERY - 1 else 1
 
 
 def _draw(rng: np.random.Generator, intervals: tuple[tuple[float, float], ...]) -> float:
@@ -112,6 +119,7 @@ class Labelled:
     depth_um: np.ndarray     # (N,) float: truth depth of the matched object above the floor
     clump: np.ndarray        # (N,) bool: the matched truth cell belongs to a clump
     features: np.ndarray     # (N, 4): detection features (peak, diameter, depth, sharpness)
+    plain_crops: np.ndarray  # (N, C, S, S): the same cells cut from the plain fields
 
 
 def match(cands_xy: np.ndarray, truth: dict, pixel_um: float, shape: tuple[int, int]
@@ -175,14 +183,15 @@ def label_detections(det: Detections, truth: dict, shape: tuple[int, int]) -> La
             clump[k] = o["clump"] >= 0
     feats = np.array([[c.peak, c.diameter_um, c.depth_um, c.sharpness] for c in det.candidates],
                      np.float32).reshape(-1, 4)
-    return Labelled(det.crops, labels, vol, depth, clump, feats)
+    plain = det.plain_crops if det.plain_crops is not None else det.crops
+    return Labelled(det.crops, labels, vol, depth, clump, feats, plain)
 
 
 def analyse_for_training(capture_dir: Path) -> tuple[Detections, dict, tuple[int, int]]:
     """Reconstruct and detect one simulated capture; return its detections and truth."""
     cap = read_capture(capture_dir)
     rec = reconstruct_capture(cap)
-    det = detect_in_capture(cap, rec)
+    det = detect_in_capture(cap, rec, keep_plain=True)
     truth = json.loads((Path(capture_dir) / "truth.json").read_text())
     return det, truth, cap.shape
 
@@ -197,7 +206,7 @@ def make_labelled(index: int, split: str, *, size: int = 512, crowded: bool = Tr
     tmp = Path(tempfile.mkdtemp(prefix="holodiff-train-", dir=workdir))
     try:
         simulate_capture(tmp / "cap", preset=f"{split}-{'crowded' if crowded else 'random'}",
-                         seed=seed, config=cfg, spec=spec)
+                         seed=seed, config=cfg, spec=spec, n_dies=dies_of(index))
         det, truth, shape = analyse_for_training(tmp / "cap")
         return label_detections(det, truth, shape)
     finally:
@@ -234,8 +243,10 @@ def build(out: str | Path, *, split: str, captures: int, size: int = 512, crowde
             parts.append(_job(j))
             log(f"{split}: capture {k + 1}/{captures}, {sum(len(p.labels) for p in parts)} crops")
     arrays = {name: np.concatenate([getattr(p, name) for p in parts])
-              for name in ("crops", "labels", "volume_fl", "depth_um", "clump", "features")}
+              for name in ("crops", "labels", "volume_fl", "depth_um", "clump", "features",
+                           "plain_crops")}
     arrays["crops"] = arrays["crops"].astype(np.float16)
+    arrays["plain_crops"] = arrays["plain_crops"].astype(np.float16)
     np.savez(out, **arrays)
     counts = {c: int((arrays["labels"] == i).sum()) for i, c in enumerate(CLASSES)}
     return {"counts": counts, "seconds": time.perf_counter() - t0, "captures": captures}

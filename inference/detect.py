@@ -26,13 +26,24 @@ Steps
 4. Crops: the refocused complex field of every LED, resampled to
    :data:`CROP_PIXEL_UM` in the sample plane, as channels ``Re(u) - 1`` and
    ``Im(u)`` (no phase unwrapping needed).
-5. Shape: the cell's extent (half-maximum area of the refocused scattered
+5. Pixel super-resolution and phase retrieval (:func:`enhanced_windows`):
+   where the reconstruction kept the hologram frames
+   (:attr:`holography.reconstruct.Reconstruction.dies`), the crops are made
+   again from the hologram itself around each cell: the frames of an LED's
+   dies are fused on a grid twice as fine (shift-and-add,
+   :func:`holography.superres.psr_windows`; one die: the sensor grid), and
+   the window is brought to the cell's own depth by support-constrained phase
+   retrieval (:func:`holography.retrieval.retrieve_windows`) with one support
+   shared by the LEDs (the cell and any neighbour in the window, from the
+   plain refocused fields), which removes the twin image around the cell.
+6. Shape: the cell's extent (half-maximum area of the refocused scattered
    field); two candidates of comparable strength closer than
    :data:`CLUMP_DISTANCE_UM` touch and are both marked as a clump.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -43,6 +54,8 @@ import scipy.ndimage as ndi
 from holography.capture import Capture
 from holography.propagation import fft2, ifft2, transfer_function
 from holography.reconstruct import Reconstruction, sensor_distance
+from holography.retrieval import retrieve_windows, window_support
+from holography.superres import DieSet, psr_windows
 
 #: sample-plane pixel of a crop (um) and its size (pixels): 30 um across
 CROP_PIXEL_UM = 0.75
@@ -60,6 +73,12 @@ STACK_CACHE_BYTES = 192 << 20
 #: touch (white cells are 7-10 um across)
 CLUMP_DISTANCE_UM = 11.0
 CLUMP_PEAK_RATIO = 0.25
+#: fine-grid factor of pixel super-resolution (LEDs with two or more usable dies)
+PSR_FACTOR = 2
+#: iterations of the per-cell phase retrieval (0: plain back-propagation of the hologram)
+RETRIEVAL_ITERATIONS = 3
+#: colours registered closer than this (sensor px) are taken as aligned
+MIN_COLOUR_SHIFT_PX = 0.25
 #: detection threshold in robust standard deviations of the detection map
 THRESHOLD_SD = 8.0
 #: smallest peak value of the detection map (mean |u-1|^2 at the cell scale) kept
@@ -250,6 +269,8 @@ class Detections:
     threshold: float
     pixel_um: float
     imaged_area_mm2: float
+    enhancement: dict = dataclasses.field(default_factory=dict)
+    plain_crops: np.ndarray | None = None  # the crops cut from the plain fields (keep_plain)
 
 
 def _bspline3(t: np.ndarray) -> np.ndarray:
@@ -292,9 +313,54 @@ def _touching(peaks: np.ndarray, pixel_um: float) -> np.ndarray:
     return out
 
 
+def enhanced_windows(dies: DieSet, rows: np.ndarray, cols: np.ndarray, distances_um: np.ndarray,
+                     support: np.ndarray, *, wavelength_nm: float, sensor_pitch_um: float,
+                     source_distance_um: float, size: int = WINDOW_PX, psr: bool = True,
+                     iterations: int = RETRIEVAL_ITERATIONS) -> tuple[np.ndarray, int, np.ndarray]:
+    """Each cell's field at its own depth, from the hologram, by PSR and phase retrieval.
+
+    Parameters
+    ----------
+    dies : DieSet
+        The LED's registered frames.
+    rows, cols : (N,) int
+        Cell positions in the reference frame (sensor pixels).
+    distances_um : (N,) float
+        Each cell's sample distance for this LED (um).
+    support : (N, size, size) bool
+        Object support of each window on the sensor grid.
+    psr : bool
+        Fuse the dies on a grid :data:`PSR_FACTOR` times finer (when there are several).
+    iterations : int
+        Phase-retrieval iterations (0: plain back-propagation).
+
+    Returns
+    -------
+    field : (N, f size, f size) complex64
+        Sample-plane field, background 1; sensor pixel ``i`` at fine ``f i + (f - 1) / 2``.
+    factor : int
+        ``f``: the fine-grid factor used.
+    mismatch : (N, iterations) float32
+        Retrieval convergence record.
+    """
+    f = PSR_FACTOR if psr and dies.frames > 1 else 1
+    amp = psr_windows(dies, rows, cols, size, f)
+    big = f * size
+    kern = np.empty((len(rows), big, big), np.complex64)
+    for i, z in enumerate(distances_um):
+        d = round(2.0 * sensor_distance(float(z), source_distance_um)) / 2.0
+        kern[i] = transfer_function((big, big), pitch_um=sensor_pitch_um / f,
+                                    wavelength_nm=wavelength_nm, distance_um=d)
+    sup = support if f == 1 else support.repeat(f, axis=1).repeat(f, axis=2)
+    field, mismatch = retrieve_windows(amp, sup, kern, weight=_taper(big), iterations=iterations)
+    return field, f, mismatch
+
+
 def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, sensor_pitch_um: float,
                  source_distance_um: float, threshold_sd: float = THRESHOLD_SD,
-                 progress=None, chunk: int = 64) -> Detections:
+                 progress=None, chunk: int = 64, psr: bool = True,
+                 retrieval_iterations: int = RETRIEVAL_ITERATIONS,
+                 keep_plain: bool = False, enhance: bool = True) -> Detections:
     """Find, refocus and crop every candidate object of a reconstruction.
 
     Candidates are processed in chunks: the windows of a chunk are transformed
@@ -315,6 +381,17 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
         Called with (done, total) while candidates are refocused.
     chunk : int
         Candidates per batch.
+    psr, retrieval_iterations
+        Crops from the hologram frames kept by the reconstruction
+        (:func:`enhanced_windows`): pixel super-resolution where an LED has several
+        dies, and this many phase-retrieval iterations. Without kept frames
+        (``ReconOptions(keep_dies=False)``) the crops are cut from the plain fields.
+    keep_plain : bool
+        Also return the crops cut from the plain fields (``plain_crops``; for
+        measuring what the enhancement buys).
+    enhance : bool
+        False: the crops are cut from the plain fields (what models trained on
+        plain crops expect).
     """
     fields = {led: background_normalised(u) for led, u in rec.fields.items()}
     slots = {}
@@ -329,7 +406,16 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
     empty = np.zeros((0, N_CHANNELS, CROP_SIZE, CROP_SIZE), np.float32)
     if not fields or rec.plane is None:
         return Detections([], empty, present, math.nan, rec.pixel_um, area)
-    emap = detection_map(fields, rec.pixel_um)
+    # between colours: LED -> (integer, fractional) shift of its field against the focus LED's
+    ishift, fshift = {}, {}
+    for led in fields:
+        sh = rec.led_shift_px.get(led)
+        dy, dx = (sh.dy, sh.dx) if sh is not None and math.hypot(sh.dy, sh.dx) >= \
+            MIN_COLOUR_SHIFT_PX else (0.0, 0.0)
+        ishift[led] = (int(round(dy)), int(round(dx)))
+        fshift[led] = (dy - ishift[led][0], dx - ishift[led][1])
+    emap = detection_map({led: np.roll(u, (-ishift[led][0], -ishift[led][1]), axis=(0, 1))
+                          if any(ishift[led]) else u for led, u in fields.items()}, rec.pixel_um)
     peaks, thr = find_peaks(emap, rec.pixel_um, threshold_sd=threshold_sd)
     peaks = peaks[:MAX_CANDIDATES]
     if not len(peaks):
@@ -347,10 +433,15 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
     yy, xx = np.mgrid[-rad:rad + 1, -rad:rad + 1]
     sub = int(math.ceil(CROP_SIZE * step / 2 + 3))  # half size of the sub-window resampled
     crops = np.zeros((len(peaks), N_CHANNELS, CROP_SIZE, CROP_SIZE), np.float32)
+    plain_crops = np.zeros_like(crops) if keep_plain else None
     cands: list[Candidate] = []
     offsets = {led: rec.led_distance_um[led] - rec.plane.distance_um for led in leds}
     coarse_rel = np.arange(DEPTH_RANGE_UM[0], DEPTH_RANGE_UM[1] + 1e-6, COARSE_STEP_UM)
     fine_rel = np.arange(-COARSE_STEP_UM, COARSE_STEP_UM + 1e-6, FINE_STEP_UM)
+    enhance = [led for led in leds if led in rec.dies] if enhance else []
+    if len(enhance) < len(leds):
+        enhance = []  # one kind of crop for all LEDs of a capture
+    stats: dict[str, list] = {led: [] for led in enhance}
     for k0 in range(0, len(peaks), chunk):
         pk = peaks[k0:k0 + chunk]
         m = len(pk)
@@ -361,7 +452,7 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
         win = np.empty((m, len(leds), n, n), np.complex64)
         for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
             for j, led in enumerate(leds):
-                win[i, j] = _window(fields[led], r, c, n)
+                win[i, j] = _window(fields[led], r + ishift[led][0], c + ishift[led][1], n)
         win -= np.complex64(1.0)
         win *= ref.taper
         spec = fft2(win)
@@ -401,6 +492,19 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
                 final[i, j] = spec[i, j] * ref._kernels(led, local[i] + offsets[led],
                                                         np.array([z[i] + offsets[led]]))[0]
         final = ifft2(final, overwrite=True)
+        better: dict[str, tuple[np.ndarray, int]] = {}
+        if enhance:
+            sup = window_support(final + np.complex64(1.0), rec.pixel_um)
+            for led in enhance:
+                fld, fac, mis = enhanced_windows(
+                    rec.dies[led], rows + ishift[led][0], cols + ishift[led][1],
+                    z + offsets[led], sup,
+                    wavelength_nm=wavelengths_nm[led], sensor_pitch_um=sensor_pitch_um,
+                    source_distance_um=source_distance_um, psr=psr,
+                    iterations=retrieval_iterations)
+                fld -= np.complex64(1.0)
+                better[led] = (fld, fac)
+                stats[led].append(mis)
         for i in range(m):
             k = k0 + i
             g = np.abs(final[i, jf, o - rad:o + rad + 1, o - rad:o + rad + 1]) ** 2
@@ -411,9 +515,26 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
             mx = _interp_matrix(2 * sub + 1, sub + dx, step)
             patches = my @ final[i, :, o - sub:o + sub + 1, o - sub:o + sub + 1] @ mx.T
             for j, led in enumerate(leds):
+                fy, fx = fshift[led]
+                if led in better:
+                    fld, fac = better[led]
+                    big = fld.shape[-1]
+                    st = step * fac
+                    patch = (_interp_matrix(big, fac * (o + dy + fy) + (fac - 1) / 2, st) @ fld[i]
+                             @ _interp_matrix(big, fac * (o + dx + fx) + (fac - 1) / 2, st).T)
+                elif fy or fx:
+                    patch = patches[j] = (
+                        _interp_matrix(2 * sub + 1, sub + dy + fy, step)
+                        @ final[i, j, o - sub:o + sub + 1, o - sub:o + sub + 1]
+                        @ _interp_matrix(2 * sub + 1, sub + dx + fx, step).T)
+                else:
+                    patch = patches[j]
                 sl = slots[led]
-                crops[k, 2 * sl] = patches[j].real
-                crops[k, 2 * sl + 1] = patches[j].imag
+                crops[k, 2 * sl] = patch.real
+                crops[k, 2 * sl + 1] = patch.imag
+                if plain_crops is not None:
+                    plain_crops[k, 2 * sl] = patches[j].real
+                    plain_crops[k, 2 * sl + 1] = patches[j].imag
             gs = np.hypot(crops[k, 2 * slots[focus_led]], crops[k, 2 * slots[focus_led] + 1])
             half = gs > 0.5 * gs.max() if gs.max() > 0 else gs > 0
             a_um2 = float(half.sum()) * CROP_PIXEL_UM ** 2
@@ -427,12 +548,32 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
                 clump=bool(touching[k])))
         if progress is not None:
             progress(min(k0 + chunk, len(peaks)), len(peaks))
-    return Detections(cands, crops, present, thr, rec.pixel_um, area)
+    info: dict = {}
+    for led in enhance:
+        ds = rec.dies[led]
+        mis = np.concatenate(stats[led]) if stats[led] else np.zeros((0, 0))
+        info[led] = {
+            "frames": ds.frames,
+            "factor": PSR_FACTOR if psr and ds.frames > 1 else 1,
+            "shift_residual_px": None if math.isnan(ds.residual_px) else round(ds.residual_px, 3),
+            "shifts_from_geometry": len(ds.fallbacks),
+            "left_out": list(ds.left_out),
+            "retrieval_iterations": retrieval_iterations,
+            "colour_shift_px": [round(rec.led_shift_px[led].dy, 3), round(rec.led_shift_px[led].dx, 3)]
+            if led in rec.led_shift_px else None,
+            "retrieval_mismatch": [round(float(np.median(mis[:, 0])), 4),
+                                   round(float(np.median(mis[:, -1])), 4)]
+            if mis.size else None,
+        }
+    return Detections(cands, crops, present, thr, rec.pixel_um, area, info, plain_crops)
 
 
-def detect_in_capture(capture: Capture, rec: Reconstruction, *, progress=None) -> Detections:
+def detect_in_capture(capture: Capture, rec: Reconstruction, *, progress=None, psr: bool = True,
+                      retrieval_iterations: int = RETRIEVAL_ITERATIONS,
+                      keep_plain: bool = False, enhance: bool = True) -> Detections:
     """:func:`detect_cells` with the wavelengths and geometry taken from the capture's metadata."""
     return detect_cells(rec, {led: capture.wavelength_nm(led) for led in capture.leds},
                         sensor_pitch_um=capture.sensor.pixel_pitch_um,
                         source_distance_um=capture.geometry.source_distance_mm * 1000.0,
-                        progress=progress)
+                        progress=progress, psr=psr, retrieval_iterations=retrieval_iterations,
+                        keep_plain=keep_plain, enhance=enhance)

@@ -40,24 +40,26 @@ GRAN = {c: g for g, members in THREE_PART.items() for c in members}
 
 
 def make_test_captures(out: Path, n: int, *, size: int, start: int = 0, split: str = "test",
-                       log=print) -> list[Path]:
+                       dies: int = 1, log=print) -> list[Path]:
     """Simulate (or reuse) ``n`` ordinary-blood captures of ``split``'s conditions under ``out``.
 
     ``split="test"`` makes the held-out test set; ``split="train"`` makes
     validation captures under training conditions (seeds apart from the training set's).
+    ``dies`` LED dies per colour (4: pixel super-resolution captures, other seeds).
     """
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(start, start + n):
-        seed = SEED_BASE[split] + 100_000 + i
+        seed = SEED_BASE[split] + (100_000 if dies == 1 else 300_000) + i
         rng = np.random.default_rng(seed)
         sensor = SENSORS_CYCLE[i % len(SENSORS_CYCLE)]
         preset = PRESETS_CYCLE[(i // len(SENSORS_CYCLE)) % len(PRESETS_CYCLE)]
         cfg = random_config(rng, split, size=(size, size) if size else None, sensor=sensor)
-        path = out / f"{'test' if split == 'test' else 'val'}-{i:04d}-{sensor}-{preset}-{size or 'full'}"
+        path = out / (f"{'test' if split == 'test' else 'val'}-{i:04d}-{sensor}-{preset}-"
+                      f"{size or 'full'}{'' if dies == 1 else f'-{dies}die'}")
         if not (path / "truth.json").exists():
             t = time.perf_counter()
-            simulate_capture(path, preset=preset, seed=seed, config=cfg)
+            simulate_capture(path, preset=preset, seed=seed, config=cfg, n_dies=dies)
             log(f"simulated {path.name} in {time.perf_counter() - t:.0f} s")
         paths.append(path)
     return paths
@@ -74,13 +76,13 @@ def _detections(path: Path, fresh: bool):
     """Detections of a test capture, cached beside it (keyed by the hash of the code that makes them)."""
     import hashlib
 
-    from holography import raw, reconstruct
+    from holography import raw, reconstruct, retrieval, superres
     from inference import detect
     from inference.detect import Candidate, Detections
 
-    # the detections depend on the raw handling, the reconstruction and the detection code
+    # the detections depend on the raw handling, the reconstruction, PSR, retrieval and detection
     digest = hashlib.sha256()
-    for module in (raw, reconstruct, detect):
+    for module in (raw, reconstruct, superres, retrieval, detect):
         digest.update(Path(module.__file__).read_bytes())
     key = digest.hexdigest()[:16]
     cache = path / f"eval-detections-{key}.npz"
@@ -93,20 +95,26 @@ def _detections(path: Path, fresh: bool):
             cands = [Candidate(**{n: (bool(v) if n in ("edge", "clump") else float(v))
                                   for n, v in zip(names, row, strict=True)}) for row in z["cands"]]
             det = Detections(cands, z["crops"].astype(np.float32), tuple(bool(b) for b in z["slots"]),
-                             float(z["thr"]), float(z["pixel_um"]), float(z["area"]))
+                             float(z["thr"]), float(z["pixel_um"]), float(z["area"]),
+                             plain_crops=z["plain_crops"].astype(np.float32))
         return det, truth, shape
     det, truth, shape = analyse_for_training(path)
     names = list(Candidate.__slots__)
     rows = np.array([[float(getattr(c, n)) for n in names] for c in det.candidates]).reshape(-1, len(names))
     np.savez(cache, names=np.array(names), cands=rows, crops=det.crops.astype(np.float16),
+             plain_crops=det.plain_crops.astype(np.float16),
              slots=np.array(det.slots_present), thr=det.threshold, pixel_um=det.pixel_um,
              area=det.imaged_area_mm2)
     return det, truth, shape
 
 
 def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
-             fresh: bool = False) -> dict[str, Any]:
-    """Run every model on every capture's crops; compare with the truth."""
+             fresh: bool = False, plain_crops: bool = False) -> dict[str, Any]:
+    """Run every model on every capture's crops; compare with the truth.
+
+    ``plain_crops``: use the crops cut from the plain fields (no pixel
+    super-resolution or phase retrieval), for models trained on those.
+    """
     K = len(WBC_CLASSES)
     acc: dict[str, dict[str, Any]] = {
         name: {"pairs": [], "vol_err": [], "wbc_ratio": [], "coverage5": [], "coverage3": [],
@@ -132,7 +140,8 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
         for name, clf in models.items():
             a = acc[name]
             t = time.perf_counter()
-            probs, vols = clf(det.crops) if len(det.candidates) else (np.zeros((0, 6)), np.zeros(0))
+            crops = det.plain_crops if plain_crops else det.crops
+            probs, vols = clf(crops) if len(det.candidates) else (np.zeros((0, 6)), np.zeros(0))
             a["crops_per_s"].append(len(det.candidates) / max(time.perf_counter() - t, 1e-9))
             calls = call_cells(det.candidates, probs, vols, clf.classes,
                                chamber_eq_um=chamber["height_um"] / N_MEDIUM,
@@ -260,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--captures", type=int, default=18)
     ap.add_argument("--size", type=int, default=1024, help="frame size (0: full sensor)")
     ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--dies", type=int, default=1, help="LED dies per colour of the test captures")
+    ap.add_argument("--plain-crops", action="store_true",
+                    help="classify the crops cut from the plain fields (models trained with "
+                         "holodiff train --plain-crops)")
     ap.add_argument("--model", action="append", help="model .onnx (repeatable; default: the "
                                                      "shipped INT8 model and its FP32 twin)")
     ap.add_argument("--json", action="store_true")
@@ -280,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = args.model or [str(ONNX_MODEL), str(ONNX_MODEL.with_suffix(".fp32.onnx"))]
     models = {Path(p).name: Classifier(p) for p in paths if Path(p).exists()}
     caps = make_test_captures(Path(args.out), args.captures, size=args.size, start=args.start,
-                              split=args.split, log=log)
-    rep = evaluate(caps, models, log=log, fresh=args.fresh)
+                              split=args.split, dies=args.dies, log=log)
+    rep = evaluate(caps, models, log=log, fresh=args.fresh, plain_crops=args.plain_crops)
     card_path = ONNX_MODEL.with_name(ONNX_MODEL.stem + ".card.json")
     if args.write_confusion:
         if args.split != "train":

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.dataset import CLASSES, OTHER, build
+from inference.dataset import CLASSES, OTHER, build, dies_of
 
 #: pixels of the crop's centre the network sees (24 um at 0.75 um per pixel)
 INPUT_SIZE = 32
@@ -208,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--name", default="wbc5")
     ap.add_argument("--version", default="1.0.0")
+    ap.add_argument("--plain-crops", action="store_true",
+                    help="train on the crops cut from the plain fields, without pixel "
+                         "super-resolution and phase retrieval (for comparison)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     data_dir = Path(args.data) if args.data else out / "data"
@@ -234,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         log(json.dumps(build(calib_npz, split="train", captures=args.calibration_captures,
                              start=args.captures + 10_000, workers=args.workers, log=log)))
     data = _load(train_npz)
+    kind = "plain_crops" if args.plain_crops else "crops"
+    data["crops"] = data.pop(kind) if kind in data else data["crops"]
+    log(f"crops: {'plain fields' if args.plain_crops else 'pixel super-resolution and phase retrieval'}")
     log(f"training on {len(data['labels'])} crops: "
         + ", ".join(f"{c} {int((data['labels'] == i).sum())}" for i, c in enumerate(CLASSES)))
     net = train(data, epochs=args.epochs, seed=args.seed, log=log)
@@ -241,13 +247,16 @@ def main(argv: list[str] | None = None) -> int:
     fp32 = out / f"{args.name}.fp32.onnx"
     int8 = out / f"{args.name}.onnx"
     export_onnx(net, fp32, n_ch, size)
-    calib = centre(_load(calib_npz)["crops"], INPUT_SIZE).astype(np.float32)
+    cal = _load(calib_npz)
+    calib = centre(cal.get(kind, cal["crops"]), INPUT_SIZE).astype(np.float32)
     quantise(fp32, int8, calib)
     card = {
         "name": args.name, "version": args.version, "classes": list(CLASSES),
         "other_class": CLASSES[OTHER],
         "input": {"name": "crops", "channels": int(n_ch), "size": int(size),
-                  "layout": "per wavelength slot (blue, green, red): Re(u)-1, Im(u)"},
+                  "layout": "per wavelength slot (blue, green, red): Re(u)-1, Im(u)",
+                  "crops": "plain fields" if args.plain_crops else
+                  "pixel super-resolution (several dies) and phase retrieval"},
         "outputs": {"probabilities": "softmax over classes", "volume_fl": "cell volume, fL"},
         "data": ("Simulated only (holography.simulate): crowded 512x512 fields, white cells in "
                  "near-equal class proportions among platelets, red-cell ghosts, debris, lipid "
@@ -268,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "training": {"captures": args.captures, "crops": int(len(data["labels"])),
                      "class_counts": {c: int((data["labels"] == i).sum())
                                       for i, c in enumerate(CLASSES)},
+                     "four_die_captures": sum(dies_of(i) > 1 for i in range(args.captures)),
                      "epochs": args.epochs, "seed": args.seed,
                      "seconds": round(time.perf_counter() - t0, 1)},
     }

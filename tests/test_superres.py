@@ -101,7 +101,20 @@ def test_one_frame_degrades_gracefully(dies):
     f0 = frames_of(cap)[0]
     sa = shift_and_add([f0], [Shift(dy=0.0, dx=0.0, peak=1.0)], 2)
     assert sa.shape == (512, 512)
-    assert np.allclose(sa[::2, ::2], f0, atol=1e-5)  # every sample kept, holes filled between
+    # every sample kept (a pixel's centre lies between fine pixels 2i and 2i + 1; ties go up),
+    # holes filled between
+    assert np.allclose(sa[1::2, 1::2], f0, atol=1e-5)
+
+
+def test_half_pixel_shifts_fill_the_whole_fine_grid():
+    # the 4-die design: dies shifted by exactly half a pixel fill the four fine sub-lattices
+    rng = np.random.default_rng(3)
+    lr = [rng.random((16, 16)).astype(np.float32) for _ in range(4)]
+    shifts = [Shift(dy=dy, dx=dx, peak=1.0) for dy, dx in ((0, 0), (0, 0.5), (0.5, 0), (0.5, 0.5))]
+    sa = shift_and_add(lr, shifts, 2)
+    got = {(i, j): sa[i::2, j::2] for i in (0, 1) for j in (0, 1)}
+    assert np.allclose(got[1, 1], lr[0]) and np.allclose(got[1, 0][:, 1:], lr[1][:, 1:])
+    assert np.allclose(got[0, 1][1:], lr[2][1:]) and np.allclose(got[0, 0][1:, 1:], lr[3][1:, 1:])
 
 
 def test_register_dies_falls_back_to_the_geometry_on_an_empty_field(dies):
