@@ -518,10 +518,21 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
                 fy, fx = fshift[led]
                 if led in better:
                     fld, fac = better[led]
-                    big = fld.shape[-1]
                     st = step * fac
-                    patch = (_interp_matrix(big, fac * (o + dy + fy) + (fac - 1) / 2, st) @ fld[i]
-                             @ _interp_matrix(big, fac * (o + dx + fx) + (fac - 1) / 2, st).T)
+                    cy, cx = fac * (o + dy + fy) + (fac - 1) / 2, fac * (o + dx + fx) + (fac - 1) / 2
+                    # a sub-window with 8 samples' margin: the spline prefilter's edge effect
+                    # there is below 1e-4 of the full window's interpolant
+                    hs = int(math.ceil(CROP_SIZE * st / 2)) + 8
+                    r0, c0 = int(round(cy)) - hs, int(round(cx)) - hs
+                    if r0 >= 0 and c0 >= 0 and r0 + 2 * hs < fld.shape[-1] and \
+                            c0 + 2 * hs < fld.shape[-1]:
+                        patch = (_interp_matrix(2 * hs + 1, cy - r0, st)
+                                 @ fld[i, r0:r0 + 2 * hs + 1, c0:c0 + 2 * hs + 1]
+                                 @ _interp_matrix(2 * hs + 1, cx - c0, st).T)
+                    else:
+                        big = fld.shape[-1]
+                        patch = (_interp_matrix(big, cy, st) @ fld[i]
+                                 @ _interp_matrix(big, cx, st).T)
                 elif fy or fx:
                     patch = patches[j] = (
                         _interp_matrix(2 * sub + 1, sub + dy + fy, step)

@@ -25,10 +25,10 @@ from inference.result import (
 )
 
 
-def _detect(path):
+def _detect(path, enhance=True):
     cap = read_capture(path)
     rec = reconstruct_capture(cap)
-    det = detect_in_capture(cap, rec)
+    det = detect_in_capture(cap, rec, enhance=enhance)
     truth = json.loads((path / "truth.json").read_text())
     return cap, rec, det, truth
 
@@ -211,7 +211,7 @@ def test_bad_models_are_refused(tmp_path, classifier):
 
 def test_classifier_on_held_out_crops(three_led, classifier):
     """Held-out conditions: the shipped model classifies most white cells; colour matters."""
-    cap, rec, det, truth = _detect(three_led)
+    cap, rec, det, truth = _detect(three_led, enhance=classifier.enhanced_crops)
     lab = label_detections(det, truth, cap.shape)
     wbc = lab.labels != OTHER
     probs, vol = classifier(det.crops)

@@ -13,6 +13,11 @@
 2. Twin image: background energy around cells of a simulated capture with and
    without support-constrained retrieval, per LED, with iterations and time.
 3. Cost of each step in FFT-pair equivalents of the same frame.
+4. In the analysis: weak spheres of known optical path through the crops that the
+   analysis makes (plain, retrieval, PSR + retrieval): optical path error at the
+   centre (nm) and integrated (%), background energy around each sphere, cost.
+
+    python tests/benchmarks/bench_psr.py --cells-only   # part 4 alone (~2 min)
 """
 
 from __future__ import annotations
@@ -158,10 +163,86 @@ def bench_retrieval(tmp: Path) -> dict:
     return out
 
 
+def bench_cells(tmp: Path) -> dict:
+    """Phase objects of known optical path through the analysis's crops, four ways.
+
+    Weak spheres (6-9 um, refractive-index contrast 0.015-0.04: white-cell-like optical
+    paths without phase wrapping) on the chamber floor, three LEDs, four dies per colour,
+    default optics. Each variant makes the crops of the same candidates: plain fields,
+    retrieval on the sensor grid, PSR + retrieval (3 iterations, the default) and PSR +
+    retrieval (10). Per matched sphere, from the green slot: the optical path at the
+    centre against ``dn d`` (nm) and the integrated optical path (``dn V``, um^3, the
+    quantity dry mass is proportional to) over a 7 um disk; the background energy in the
+    ring 8-14 um around the sphere (twin image and neighbours' fringes); time per candidate.
+    """
+    from inference.dataset import match
+    from inference.detect import CROP_PIXEL_UM, detect_in_capture
+
+    rng = np.random.default_rng(11)
+    size, pitch = 512, 1.55
+    rows, truth_obj = [], []
+    half = size * pitch / 2
+    for k in range(36):
+        gy, gx = divmod(k, 6)
+        x = half + (gx - 2.5) * 110.0 + rng.uniform(-15, 15)
+        y = half + (gy - 2.5) * 110.0 + rng.uniform(-15, 15)
+        d = rng.uniform(6.0, 9.0)
+        dn = rng.uniform(0.015, 0.04)
+        rows.append((KIND_ID["bead"], x, y, d / 2, d / 2, d / 2, dn, 1e-5, 0.0, 0.0, 0, 0, 0, 0, -1, 0))
+        truth_obj.append((d, dn))
+    sample = Sample(objects=np.array(rows, OBJECT_DTYPE), parts=np.zeros(0, PART_DTYPE),
+                    chamber_height_um=100.0, cover_glass_um=170.0)
+    cap = simulate_capture(tmp / "spheres", seed=3, config=SimConfig(size=(size, size)),
+                           n_dies=4, sample=sample)
+    from holography.capture import read_capture
+    from holography.reconstruct import reconstruct_capture
+    cap = read_capture(tmp / "spheres")
+    truth = json.loads((tmp / "spheres" / "truth.json").read_text())
+    rec = reconstruct_capture(cap)
+    wl = cap.wavelength_nm("green") * 1e-3
+    n = 40
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    r_um = np.hypot(yy, xx) * CROP_PIXEL_UM
+    disk, ring = r_um <= 7.0, (r_um >= 8.0) & (r_um <= 14.0)
+    variants = {"plain": dict(enhance=False), "retrieval_no_psr": dict(psr=False),
+                "psr_retrieval_3": dict(), "psr_retrieval_10": dict(retrieval_iterations=10)}
+    out: dict = {"spheres": len(rows)}
+    for name, kw in variants.items():
+        t = time.perf_counter()
+        det = detect_in_capture(cap, rec, **kw)
+        dt = time.perf_counter() - t
+        xy = np.array([[c.x, c.y] for c in det.candidates]).reshape(-1, 2)
+        idx, _ = match(xy, truth, det.pixel_um, cap.shape)
+        centre_err, integ_err, ring_e = [], [], []
+        for k, j in enumerate(idx):
+            if j < 0 or j >= len(truth_obj):
+                continue
+            d, dn = truth_obj[j]
+            u = 1.0 + det.crops[k, 2] + 1j * det.crops[k, 3]
+            opd = np.angle(u) * wl / (2 * np.pi)  # um
+            centre = float(np.median(opd[r_um <= 1.0]))
+            centre_err.append(1000.0 * (centre - dn * d))
+            vol = float(opd[disk].sum()) * CROP_PIXEL_UM ** 2
+            integ_err.append(100.0 * (vol / (dn * math.pi / 6 * d ** 3) - 1.0))
+            ring_e.append(float(np.mean(np.abs(u[ring] - 1.0) ** 2)))
+        out[name] = {"matched": len(centre_err),
+                     "centre_opd_error_nm": {"median": round(float(np.median(centre_err)), 1),
+                                             "median_abs": round(float(np.median(np.abs(centre_err))), 1)},
+                     "integrated_opd_error_pct": {"median": round(float(np.median(integ_err)), 1),
+                                                  "median_abs": round(float(np.median(np.abs(integ_err))), 1)},
+                     "ring_energy": float(f"{np.median(ring_e):.3g}"),
+                     "ms_per_candidate": round(1000 * dt / max(1, len(det.candidates)), 2),
+                     "enhancement": det.enhancement.get("green")}
+    return out
+
+
 def main():
     report = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if "--cells-only" in sys.argv:
+            print(json.dumps({"cells": bench_cells(tmp)}, indent=1))
+            return
         report["resolution_default"] = bench_resolution(
             tmp, "default", LedSpec(name="green", wavelength_nm=530.0, bandwidth_nm=30.0), Optics())
         print(json.dumps(report["resolution_default"]), file=sys.stderr)
@@ -170,6 +251,8 @@ def main():
             Optics(air_gap_um=150.0, pinhole_um=20.0))
         print(json.dumps(report["resolution_coherent"]), file=sys.stderr)
         report["retrieval"] = bench_retrieval(tmp)
+        report["cells"] = bench_cells(tmp)
+        print(json.dumps(report["cells"]), file=sys.stderr)
     print(json.dumps(report, indent=1))
 
 
