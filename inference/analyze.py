@@ -20,7 +20,7 @@ from holography.capture import Capture, read_capture
 from holography.reconstruct import ReconOptions, reconstruct_capture
 from holography.sample import N_MEDIUM
 from inference.classify import DEFAULT_MODEL, Classifier
-from inference.detect import RETRIEVAL_ITERATIONS, detect_in_capture
+from inference.detect import CROP_PIXEL_UM, RETRIEVAL_ITERATIONS, detect_in_capture, slot_of
 from inference.result import FLAG_TEXT, FORMAT, call_cells, cell_records, summarise
 
 
@@ -105,6 +105,14 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
         if len(det.candidates):
             for rec, ph in zip(result["cells"], peak_phase(det.crops), strict=True):
                 rec["phase_rad"] = round(float(ph), 3)
+            slot_wl = {slot_of(cap.wavelength_nm(led)): cap.wavelength_nm(led) for led in cap.leds}
+            wl = next((slot_wl[s] for s in (1, 0, 2) if s in slot_wl and det.slots_present[s]),
+                      None)
+            if det.enhancement and wl is not None:
+                # quantitative phase only from retrieved fields (the plain field's twin image
+                # biases the integral; measured in tests/benchmarks/bench_psr.py)
+                for rec, m in zip(result["cells"], dry_mass_pg(det.crops, wl), strict=True):
+                    rec["dry_mass_pg"] = round(float(m), 1)
     if opt.gallery is not None and len(det.candidates):
         save_gallery(opt.gallery, det.crops, calls)
     return result
@@ -129,6 +137,26 @@ def peak_phase(crops: np.ndarray, radius_px: float = 4.0) -> np.ndarray:
     yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
     disk = (yy ** 2 + xx ** 2) <= radius_px ** 2
     return np.angle(u[:, disk]).mean(axis=1)
+
+
+#: specific refraction increment of cell protein (um^3/pg = mL/g): 0.18-0.21 mL/g for most
+#: cellular proteins (Zangle & Teitell, "Live-cell mass profiling", Nat. Methods 11:1221, 2014;
+#: Barer, Nature 172:1097, 1953)
+REFRACTION_INCREMENT_UM3_PER_PG = 0.19
+
+
+def dry_mass_pg(crops: np.ndarray, wavelength_nm: float, radius_um: float = 7.0) -> np.ndarray:
+    """Dry mass (pg) of each crop's cell: the integrated optical path over a central disk.
+
+    ``m = (1 / alpha) sum OPD dA`` with ``OPD = phase lambda / 2 pi`` of the first lit
+    wavelength slot (green first) and ``alpha`` = :data:`REFRACTION_INCREMENT_UM3_PER_PG`.
+    """
+    u = _slot_field(crops)
+    n = u.shape[-1]
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    disk = np.hypot(yy, xx) * CROP_PIXEL_UM <= radius_um
+    opd = np.angle(u[:, disk]) * (wavelength_nm * 1e-3) / (2 * np.pi)
+    return opd.sum(axis=1) * CROP_PIXEL_UM ** 2 / REFRACTION_INCREMENT_UM3_PER_PG
 
 
 def save_gallery(path: str | Path, crops: np.ndarray, calls, per_class: int = 12) -> Path:

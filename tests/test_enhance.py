@@ -15,9 +15,14 @@ from holography.reconstruct import reconstruct_capture
 from holography.retrieval import retrieve_windows, twin_image_energy, window_support
 from holography.simulate import DEFAULT_LEDS, SimConfig
 from holography.superres import DieSet, Shift, psr_windows
-from inference.analyze import AnalysisOptions, analyze_capture
+from inference.analyze import (
+    REFRACTION_INCREMENT_UM3_PER_PG,
+    AnalysisOptions,
+    analyze_capture,
+    dry_mass_pg,
+)
 from inference.classify import Classifier
-from inference.detect import detect_in_capture
+from inference.detect import CROP_PIXEL_UM, detect_in_capture
 
 
 def _centroid(crops: np.ndarray, slot: int) -> tuple[float, float]:
@@ -180,6 +185,24 @@ def test_the_analysis_follows_the_models_crops(four_die):
     want_enhanced = clf.enhanced_crops
     assert bool(res["enhancement"]) == want_enhanced
     forced = analyze_capture(four_die, classifier=clf,
-                             options=AnalysisOptions(enhance=True, retrieval_iterations=2))
+                             options=AnalysisOptions(enhance=True, retrieval_iterations=2, cells=True))
     assert all(v["factor"] == 2 and v["retrieval_iterations"] == 2
                for v in forced["enhancement"].values())
+    # quantitative phase from the retrieved fields: a white cell's dry mass, tens of pg
+    masses = [c["dry_mass_pg"] for c in forced["cells"] if c["class"]]
+    assert masses and 20 < np.median(masses) < 200
+    plain = analyze_capture(four_die, classifier=clf, options=AnalysisOptions(enhance=False,
+                                                                              cells=True))
+    assert plain["enhancement"] == {} and "dry_mass_pg" not in plain["cells"][0]
+
+
+def test_dry_mass_integrates_the_optical_path():
+    n = 40
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    r = np.hypot(yy, xx) * CROP_PIXEL_UM
+    opd = np.where(r <= 4.0, 0.2, 0.0)  # um over a 4 um disk
+    u = np.exp(1j * 2 * np.pi * opd / 0.53)
+    crops = np.zeros((1, 6, n, n), np.float32)
+    crops[0, 2], crops[0, 3] = u.real - 1.0, u.imag
+    want = 0.2 * (r <= 4.0).sum() * CROP_PIXEL_UM ** 2 / REFRACTION_INCREMENT_UM3_PER_PG
+    assert dry_mass_pg(crops, 530.0)[0] == pytest.approx(want, rel=1e-4)
