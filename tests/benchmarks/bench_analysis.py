@@ -1,6 +1,12 @@
 """Analysis benchmark (run on demand, not in CI).
 
     python tests/benchmarks/bench_analysis.py [--full-capture DIR] [--keep-full DIR] [--preset P]
+        [--dies 4] [--model M] [--enhance model|on|off]
+
+``--dies 4`` simulates four LED dies per colour (pixel super-resolution; the
+simulation then takes four times as long); ``--enhance`` forces the crops by
+pixel super-resolution and phase retrieval on or off (default: as the model
+was trained), to time the enhancement on its own.
 
 1. A full-sensor (IMX477 4056x3040) 3-LED simulated capture analysed end to end
    by ``holodiff analyze`` in a fresh process: time per stage, peak RSS, and the
@@ -44,12 +50,14 @@ def fft_pair_floor(shape, repeats=3):
     return best
 
 
-def analyse_in_fresh_process(cap_dir: Path) -> dict:
+def analyse_in_fresh_process(cap_dir: Path, model: str | None = None,
+                             enhance: bool | None = None) -> dict:
+    opts = f"AnalysisOptions(enhance={enhance!r}" + (f", model={model!r})" if model else ")")
     code = (
         "import json, resource, sys, time\n"
-        "from inference.analyze import analyze_capture\n"
+        "from inference.analyze import AnalysisOptions, analyze_capture\n"
         "t = time.perf_counter()\n"
-        f"r = analyze_capture({str(cap_dir)!r})\n"
+        f"r = analyze_capture({str(cap_dir)!r}, options={opts})\n"
         "r['wall_s'] = time.perf_counter() - t\n"
         "r['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
         "print(json.dumps(r))\n")
@@ -73,21 +81,27 @@ def main() -> int:
     ap.add_argument("--full-capture", help="reuse this full-sensor capture")
     ap.add_argument("--keep-full", help="simulate the full-sensor capture here and keep it")
     ap.add_argument("--preset", default="healthy")
+    ap.add_argument("--dies", type=int, default=1, help="LED dies per colour of the simulated "
+                                                        "capture (4: pixel super-resolution)")
+    ap.add_argument("--model", help="classifier (default: the shipped one)")
+    ap.add_argument("--enhance", choices=("model", "on", "off"), default="model",
+                    help="crops by PSR and retrieval: as the model was trained (default), or forced")
     args = ap.parse_args()
+    enhance = {"model": None, "on": True, "off": False}[args.enhance]
     if args.full_capture:
         cap_dir = Path(args.full_capture)
     else:
         root = Path(args.keep_full) if args.keep_full else Path(tempfile.mkdtemp())
-        cap_dir = root / "full"
+        cap_dir = root / ("full" if args.dies == 1 else f"full-{args.dies}die")
         if not cap_dir.exists():
             t = time.perf_counter()
-            simulate_capture(cap_dir, preset=args.preset, seed=11,
+            simulate_capture(cap_dir, preset=args.preset, seed=11, n_dies=args.dies,
                              config=SimConfig(size=None, optics=SimConfig().optics))
             print(f"simulated the full-sensor capture in {time.perf_counter() - t:.0f} s",
                   file=sys.stderr)
     cap = read_capture(cap_dir)
     floor = fft_pair_floor(cap.shape)
-    res = analyse_in_fresh_process(cap_dir)
+    res = analyse_in_fresh_process(cap_dir, args.model, enhance)
     n_leds = len(cap.leds)
     report = {
         "capture": str(cap_dir), "shape": list(cap.shape), "leds": n_leds,
@@ -95,11 +109,11 @@ def main() -> int:
         "timing_s": res["timing_s"], "peak_rss_mb": round(res["peak_rss_mb"]),
         "fft_pair_s": round(floor, 3),
         "total_over_fft_floor": round(res["timing_s"]["total"] / (n_leds * floor), 1),
-        "flags": res["flags"],
+        "flags": res["flags"], "enhancement": res.get("enhancement"),
     }
     # classifier throughput on this capture's crops
     rec = reconstruct_capture(cap)
-    det = detect_in_capture(cap, rec)
+    det = detect_in_capture(cap, rec, enhance=False)
     thr = {}
     for name, path in (("int8", ONNX_MODEL), ("fp32", ONNX_MODEL.with_suffix(".fp32.onnx"))):
         for threads in (1, os.cpu_count() or 1):
