@@ -33,8 +33,12 @@ class AnalysisOptions:
     recon: ReconOptions | None = None
     calibration_id: str = "capture-metadata"
     gallery: str | Path | None = None  # write review thumbnails here (``.npz``)
-    #: crops by pixel super-resolution and phase retrieval (None: as the model was trained)
+    #: per-cell fields by pixel super-resolution and phase retrieval (None: where the model
+    #: was trained on them, or for ``phase``); the classifier always gets the crops it was
+    #: trained on
     enhance: bool | None = None
+    #: quantitative phase of each cell (``dry_mass_pg`` in ``cells``) from the retrieved fields
+    phase: bool = False
     psr: bool = True  # pixel super-resolution of LEDs with several dies
     retrieval_iterations: int = RETRIEVAL_ITERATIONS  # per-cell phase retrieval (0: none)
 
@@ -57,7 +61,8 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
     clf = classifier or Classifier(opt.model)
     say("reconstructing")
     t = time.perf_counter()
-    enhance = clf.enhanced_crops if opt.enhance is None else opt.enhance
+    wants = clf.enhanced_crops
+    enhance = (wants or opt.phase) if opt.enhance is None else opt.enhance
     recon = opt.recon or ReconOptions()
     if not enhance and recon.keep_dies:  # the hologram frames are not needed: spare the memory
         recon = replace(recon, keep_dies=False)
@@ -70,11 +75,12 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
         cap, rec, progress=lambda k, n: say(f"refocused {k}/{n} candidates")
         if k == n or k % 1024 < 64 else None, psr=opt.psr,
         retrieval_iterations=opt.retrieval_iterations,
-        enhance=enhance)
+        enhance=enhance, keep_plain=enhance and not wants)
+    crops = det.plain_crops if det.plain_crops is not None else det.crops
     t_det = time.perf_counter() - t
     t = time.perf_counter()
     if len(det.candidates):
-        probs, vols = clf(det.crops)
+        probs, vols = clf(crops)
     else:
         probs = vols = []
     chamber_eq = cap.chamber.height_um / N_MEDIUM
@@ -103,18 +109,17 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
     if opt.cells:
         result["cells"] = cell_records(calls)
         if len(det.candidates):
-            for rec, ph in zip(result["cells"], peak_phase(det.crops), strict=True):
+            for rec, ph in zip(result["cells"], peak_phase(crops), strict=True):
                 rec["phase_rad"] = round(float(ph), 3)
             slot_wl = {slot_of(cap.wavelength_nm(led)): cap.wavelength_nm(led) for led in cap.leds}
-            wl = next((slot_wl[s] for s in (1, 0, 2) if s in slot_wl and det.slots_present[s]),
-                      None)
-            if det.enhancement and wl is not None:
+            slot_wl = {s: w for s, w in slot_wl.items() if s is not None and det.slots_present[s]}
+            if det.enhancement and slot_wl:
                 # quantitative phase only from retrieved fields (the plain field's twin image
                 # biases the integral; measured in tests/benchmarks/bench_psr.py)
-                for rec, m in zip(result["cells"], dry_mass_pg(det.crops, wl), strict=True):
+                for rec, m in zip(result["cells"], dry_mass_pg(det.crops, slot_wl), strict=True):
                     rec["dry_mass_pg"] = round(float(m), 1)
     if opt.gallery is not None and len(det.candidates):
-        save_gallery(opt.gallery, det.crops, calls)
+        save_gallery(opt.gallery, crops, calls)
     return result
 
 
@@ -145,18 +150,49 @@ def peak_phase(crops: np.ndarray, radius_px: float = 4.0) -> np.ndarray:
 REFRACTION_INCREMENT_UM3_PER_PG = 0.19
 
 
-def dry_mass_pg(crops: np.ndarray, wavelength_nm: float, radius_um: float = 7.0) -> np.ndarray:
+def optical_path_um(crops: np.ndarray, wavelengths_nm: dict[int, float]) -> np.ndarray:
+    """Optical path difference (um) of each crop pixel, ``(N, S, S)``, unwrapped.
+
+    A white cell's optical path (up to ~0.5 um) exceeds half a wavelength, so
+    its phase wraps. Two wavelength slots give the phase at the synthetic
+    wavelength ``L = l1 l2 / |l1 - l2|`` (3-4 um: no wrapping for cells), which
+    picks the whole number of waves of the shorter wavelength's phase
+    (two-wavelength unwrapping: Gass, Dakoff & Kim, Opt. Lett. 28(13):1141, 2003).
+    With one slot the wrapped phase is used.
+
+    ``wavelengths_nm`` maps lit slots (0 blue, 1 green, 2 red) to their wavelength.
+    """
+    lit = [s for s in (1, 2, 0) if s in wavelengths_nm]
+    if not lit:
+        raise ValueError("no lit wavelength slot")
+    s1 = lit[0]
+    l1 = wavelengths_nm[s1] * 1e-3
+    phi1 = np.angle((1.0 + crops[:, 2 * s1]) + 1j * crops[:, 2 * s1 + 1])
+    if len(lit) == 1:
+        return phi1 * l1 / (2 * np.pi)
+    s2 = max(lit[1:], key=lambda s: abs(wavelengths_nm[s] - wavelengths_nm[s1]))
+    l2 = wavelengths_nm[s2] * 1e-3
+    phi2 = np.angle((1.0 + crops[:, 2 * s2]) + 1j * crops[:, 2 * s2 + 1])
+    synth = l1 * l2 / abs(l2 - l1)
+    # phi1 - phi2 = 2 pi OPD (1/l1 - 1/l2) = 2 pi OPD sign / synth
+    sign = 1.0 if l2 > l1 else -1.0
+    opd_synth = np.angle(np.exp(1j * (phi1 - phi2))) * synth / (2 * np.pi) * sign
+    k = np.round((opd_synth / l1 * 2 * np.pi - phi1) / (2 * np.pi))
+    return (phi1 + 2 * np.pi * k) * l1 / (2 * np.pi)
+
+
+def dry_mass_pg(crops: np.ndarray, wavelengths_nm: dict[int, float],
+                radius_um: float = 7.0) -> np.ndarray:
     """Dry mass (pg) of each crop's cell: the integrated optical path over a central disk.
 
-    ``m = (1 / alpha) sum OPD dA`` with ``OPD = phase lambda / 2 pi`` of the first lit
-    wavelength slot (green first) and ``alpha`` = :data:`REFRACTION_INCREMENT_UM3_PER_PG`.
+    ``m = (1 / alpha) sum OPD dA`` (:func:`optical_path_um`) with ``alpha`` =
+    :data:`REFRACTION_INCREMENT_UM3_PER_PG`.
     """
-    u = _slot_field(crops)
-    n = u.shape[-1]
+    opd = optical_path_um(crops, wavelengths_nm)
+    n = opd.shape[-1]
     yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
     disk = np.hypot(yy, xx) * CROP_PIXEL_UM <= radius_um
-    opd = np.angle(u[:, disk]) * (wavelength_nm * 1e-3) / (2 * np.pi)
-    return opd.sum(axis=1) * CROP_PIXEL_UM ** 2 / REFRACTION_INCREMENT_UM3_PER_PG
+    return opd[:, disk].sum(axis=1) * CROP_PIXEL_UM ** 2 / REFRACTION_INCREMENT_UM3_PER_PG
 
 
 def save_gallery(path: str | Path, crops: np.ndarray, calls, per_class: int = 12) -> Path:

@@ -109,11 +109,11 @@ def _detections(path: Path, fresh: bool):
 
 
 def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
-             fresh: bool = False, plain_crops: bool = False) -> dict[str, Any]:
+             fresh: bool = False) -> dict[str, Any]:
     """Run every model on every capture's crops; compare with the truth.
 
-    ``plain_crops``: use the crops cut from the plain fields (no pixel
-    super-resolution or phase retrieval), for models trained on those.
+    Each model gets the crops its card says it was trained on: cut from the
+    plain fields, or made by pixel super-resolution and phase retrieval.
     """
     K = len(WBC_CLASSES)
     acc: dict[str, dict[str, Any]] = {
@@ -140,7 +140,7 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
         for name, clf in models.items():
             a = acc[name]
             t = time.perf_counter()
-            crops = det.plain_crops if plain_crops else det.crops
+            crops = det.crops if clf.enhanced_crops else det.plain_crops
             probs, vols = clf(crops) if len(det.candidates) else (np.zeros((0, 6)), np.zeros(0))
             a["crops_per_s"].append(len(det.candidates) / max(time.perf_counter() - t, 1e-9))
             calls = call_cells(det.candidates, probs, vols, clf.classes,
@@ -270,9 +270,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=1024, help="frame size (0: full sensor)")
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--dies", type=int, default=1, help="LED dies per colour of the test captures")
-    ap.add_argument("--plain-crops", action="store_true",
-                    help="classify the crops cut from the plain fields (models trained with "
-                         "holodiff train --plain-crops)")
     ap.add_argument("--model", action="append", help="model .onnx (repeatable; default: the "
                                                      "shipped INT8 model and its FP32 twin)")
     ap.add_argument("--json", action="store_true")
@@ -294,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     models = {Path(p).name: Classifier(p) for p in paths if Path(p).exists()}
     caps = make_test_captures(Path(args.out), args.captures, size=args.size, start=args.start,
                               split=args.split, dies=args.dies, log=log)
-    rep = evaluate(caps, models, log=log, fresh=args.fresh, plain_crops=args.plain_crops)
+    rep = evaluate(caps, models, log=log, fresh=args.fresh)
     card_path = ONNX_MODEL.with_name(ONNX_MODEL.stem + ".card.json")
     if args.write_confusion:
         if args.split != "train":

@@ -20,6 +20,7 @@ from inference.analyze import (
     AnalysisOptions,
     analyze_capture,
     dry_mass_pg,
+    optical_path_um,
 )
 from inference.classify import Classifier
 from inference.detect import CROP_PIXEL_UM, detect_in_capture
@@ -185,9 +186,11 @@ def test_the_analysis_follows_the_models_crops(four_die):
     want_enhanced = clf.enhanced_crops
     assert bool(res["enhancement"]) == want_enhanced
     forced = analyze_capture(four_die, classifier=clf,
-                             options=AnalysisOptions(enhance=True, retrieval_iterations=2, cells=True))
+                             options=AnalysisOptions(phase=True, retrieval_iterations=2, cells=True))
     assert all(v["factor"] == 2 and v["retrieval_iterations"] == 2
                for v in forced["enhancement"].values())
+    if not want_enhanced:  # the phase is measured, the classifier still sees its own crops
+        assert forced["counts"] == res["counts"]
     # quantitative phase from the retrieved fields: a white cell's dry mass, tens of pg
     masses = [c["dry_mass_pg"] for c in forced["cells"] if c["class"]]
     assert masses and 20 < np.median(masses) < 200
@@ -200,9 +203,15 @@ def test_dry_mass_integrates_the_optical_path():
     n = 40
     yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
     r = np.hypot(yy, xx) * CROP_PIXEL_UM
-    opd = np.where(r <= 4.0, 0.2, 0.0)  # um over a 4 um disk
-    u = np.exp(1j * 2 * np.pi * opd / 0.53)
+    # a cell-like optical path of 0.45 um at the centre: more than half a wave at 530 nm
+    opd = np.where(r <= 4.0, 0.45 * np.sqrt(np.clip(1 - (r / 4.0) ** 2, 0, 1)), 0.0)
     crops = np.zeros((1, 6, n, n), np.float32)
-    crops[0, 2], crops[0, 3] = u.real - 1.0, u.imag
-    want = 0.2 * (r <= 4.0).sum() * CROP_PIXEL_UM ** 2 / REFRACTION_INCREMENT_UM3_PER_PG
-    assert dry_mass_pg(crops, 530.0)[0] == pytest.approx(want, rel=1e-4)
+    for slot, wl in ((1, 0.53), (2, 0.625)):
+        u = np.exp(1j * 2 * np.pi * opd / wl)
+        crops[0, 2 * slot], crops[0, 2 * slot + 1] = u.real - 1.0, u.imag
+    want = opd.sum() * CROP_PIXEL_UM ** 2 / REFRACTION_INCREMENT_UM3_PER_PG
+    both = dry_mass_pg(crops, {1: 530.0, 2: 625.0})[0]
+    assert both == pytest.approx(want, rel=1e-3)
+    assert np.allclose(optical_path_um(crops, {1: 530.0, 2: 625.0})[0], opd, atol=1e-4)
+    # one wavelength alone wraps: the same cell comes out lighter
+    assert dry_mass_pg(crops, {1: 530.0})[0] < 0.9 * want

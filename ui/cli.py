@@ -126,12 +126,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
-def _analyze_one(path: str, model: str, cells: bool) -> tuple[str, dict | None, str | None]:
+def _analyze_one(path: str, model: str, cells: bool,
+                 phase: bool = False) -> tuple[str, dict | None, str | None]:
     """Analyse one capture in a worker process: (path, result, error line)."""
     from inference.analyze import AnalysisOptions, analyze_capture
 
     try:
-        res = analyze_capture(path, options=AnalysisOptions(model=model, cells=cells),
+        res = analyze_capture(path, options=AnalysisOptions(model=model, cells=cells,
+                                                            phase=phase),
                               progress=lambda m: log.info("%s: %s", Path(path).name, m))
         return path, res, None
     except HoloDiffError as exc:
@@ -198,10 +200,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     n = len(args.captures)
     if jobs == 1:
-        failed = report(_analyze_one(p, model, args.cells) for p in args.captures)
+        failed = report(_analyze_one(p, model, args.cells, args.phase) for p in args.captures)
     else:
         with ProcessPoolExecutor(jobs) as ex:
-            failed = report(ex.map(_analyze_one, args.captures, [model] * n, [args.cells] * n))
+            failed = report(ex.map(_analyze_one, args.captures, [model] * n, [args.cells] * n,
+                                   [args.phase] * n))
     return 2 if failed else 0
 
 
@@ -240,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="one holodiff-result/1 JSON object per "
                                                        "capture on stdout")
     a.add_argument("--cells", action="store_true", help="include every cell in the JSON")
+    a.add_argument("--phase", action="store_true",
+                   help="with --cells: each cell's dry mass (pg) from its phase, retrieved "
+                        "per cell (with pixel super-resolution where the LEDs have several "
+                        "dies); slower")
     a.add_argument("--model", help="classifier: a signed .hdmodel bundle, or an .onnx file with "
                    "its card (default: the active model slot, else the shipped bundle)")
     a.add_argument("--jobs", type=int, help="captures analysed in parallel (default: CPU count)")
