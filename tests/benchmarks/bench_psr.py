@@ -172,11 +172,13 @@ def bench_cells(tmp: Path) -> dict:
     retrieval on the sensor grid, PSR + retrieval (3 iterations, the default) and PSR +
     retrieval (10). Per matched sphere, from the green slot: the optical path at the
     centre against ``dn d`` (nm) and the integrated optical path (``dn V``, um^3, the
-    quantity dry mass is proportional to) over a 7 um disk; the background energy in the
+    quantity dry mass is proportional to) over a 7 um disk, both from the phase unwrapped
+    with two wavelengths as ``holodiff analyze --phase`` does; the background energy in the
     ring 8-14 um around the sphere (twin image and neighbours' fringes); time per candidate.
     """
+    from inference.analyze import optical_path_um
     from inference.dataset import match
-    from inference.detect import CROP_PIXEL_UM, detect_in_capture
+    from inference.detect import CROP_PIXEL_UM, detect_in_capture, slot_of
 
     rng = np.random.default_rng(11)
     size, pitch = 512, 1.55
@@ -199,7 +201,7 @@ def bench_cells(tmp: Path) -> dict:
     cap = read_capture(tmp / "spheres")
     truth = json.loads((tmp / "spheres" / "truth.json").read_text())
     rec = reconstruct_capture(cap)
-    wl = cap.wavelength_nm("green") * 1e-3
+    slot_wl = {slot_of(cap.wavelength_nm(led)): cap.wavelength_nm(led) for led in cap.leds}
     n = 40
     yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
     r_um = np.hypot(yy, xx) * CROP_PIXEL_UM
@@ -219,7 +221,7 @@ def bench_cells(tmp: Path) -> dict:
                 continue
             d, dn = truth_obj[j]
             u = 1.0 + det.crops[k, 2] + 1j * det.crops[k, 3]
-            opd = np.angle(u) * wl / (2 * np.pi)  # um
+            opd = optical_path_um(det.crops[k:k + 1], slot_wl)[0]  # um, two-wavelength unwrapped
             centre = float(np.median(opd[r_um <= 1.0]))
             centre_err.append(1000.0 * (centre - dn * d))
             vol = float(opd[disk].sum()) * CROP_PIXEL_UM ** 2
