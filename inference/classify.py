@@ -117,8 +117,11 @@ class Classifier:
 
     @property
     def enhanced_crops(self) -> bool:
-        """Whether the model was trained on crops made by pixel super-resolution and phase
-        retrieval (card ``input.crops``), rather than cut from the plain fields (older cards)."""
+        """Whether the model was trained on the per-cell enhanced crops.
+
+        Card ``input.crops`` names pixel super-resolution and phase retrieval;
+        otherwise (and on older cards) the crops are cut from the plain fields.
+        """
         return "retrieval" in str(self.card.get("input", {}).get("crops", ""))
 
     def __call__(self, crops: np.ndarray, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:

@@ -329,6 +329,10 @@ def enhanced_windows(dies: DieSet, rows: np.ndarray, cols: np.ndarray, distances
         Each cell's sample distance for this LED (um).
     support : (N, size, size) bool
         Object support of each window on the sensor grid.
+    wavelength_nm, sensor_pitch_um, source_distance_um : float
+        The LED's wavelength, the sensor's pixel pitch and the source distance ``z1``.
+    size : int
+        Window size in sensor pixels.
     psr : bool
         Fuse the dies on a grid :data:`PSR_FACTOR` times finer (when there are several).
     iterations : int

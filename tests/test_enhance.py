@@ -13,7 +13,7 @@ from holography.capture import read_capture
 from holography.propagation import propagate, transfer_function
 from holography.reconstruct import reconstruct_capture
 from holography.retrieval import retrieve_windows, twin_image_energy, window_support
-from holography.simulate import DEFAULT_LEDS, SimConfig
+from holography.simulate import DEFAULT_LEDS
 from holography.superres import DieSet, Shift, psr_windows
 from inference.analyze import (
     REFRACTION_INCREMENT_UM3_PER_PG,
@@ -92,7 +92,8 @@ def test_retrieve_windows_removes_the_twin_and_recovers_phase():
     assert sup[0, n // 2, n // 2] and sup.mean() < 0.2
     ret, mismatch = retrieve_windows(amp, sup, kern, weight=weight, iterations=15)
     assert mismatch[0, -1] < 0.5 * mismatch[0, 0]
-    twin0, twin1 = twin_image_energy(plain[0], sup[0], ring_px=20), twin_image_energy(ret[0], sup[0], ring_px=20)
+    twin0 = twin_image_energy(plain[0], sup[0], ring_px=20)
+    twin1 = twin_image_energy(ret[0], sup[0], ring_px=20)
     assert twin1 < 0.5 * twin0, (twin0, twin1)
     disk = opd > 0
     opd_of = lambda u: np.angle(u) * wl * 1e-3 / (2 * np.pi)  # noqa: E731
