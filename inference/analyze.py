@@ -3,7 +3,8 @@
 :func:`analyze_capture` returns the ``holodiff-result/1`` object of
 INTERFACES.md section 2 (plus the additive keys documented in README:
 ``differential_5part_ci95``, ``differential_3part_ci95``, ``mdw.sd_ci95_fl``,
-``flag_details``).
+``flag_details``, ``enhancement``, and per cell ``phase_rad`` and, with
+``phase``, ``dry_mass_pg``).
 """
 
 from __future__ import annotations
