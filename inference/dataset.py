@@ -30,7 +30,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
 from holography.capture import read_capture
-from holography.reconstruct import reconstruct_capture
+from holography.reconstruct import ReconOptions, reconstruct_capture
 from holography.sample import WBC_CLASSES, SampleSpec, random_spec
 from holography.sensors import SENSORS
 from holography.simulate import DEFAULT_LEDS, LedSpec, Optics, SimConfig, simulate_capture
@@ -58,13 +58,18 @@ SPLITS = {
 }
 #: seeds of the two splits never overlap
 SEED_BASE = {"train": 1_000_000, "test": 5_000_000}
-#: every MULTI_DIE_EVERY-th capture lights 4 dies per LED (pixel super-resolution), the others 1
+#: with the per-cell enhanced crops, every MULTI_DIE_EVERY-th capture lights 4 dies per LED
+#: (pixel super-resolution), the others 1
 MULTI_DIE_EVERY = 3
 
 
-def dies_of(index: int) -> int:
-    """LED dies per colour of capture ``index`` of a data set (1, or 4 for every third)."""
-    return 4 if index % MULTI_DIE_EVERY == MULTI_DIE_EVERY - 1 else 1
+def dies_of(index: int, enhanced: bool = True) -> int:
+    """LED dies per colour of capture ``index`` of a data set.
+
+    1, or 4 for every third capture of a set made for the enhanced crops (the
+    plain crops use the central die only: more dies would only cost time).
+    """
+    return 4 if enhanced and index % MULTI_DIE_EVERY == MULTI_DIE_EVERY - 1 else 1
 
 
 def _draw(rng: np.random.Generator, intervals: tuple[tuple[float, float], ...]) -> float:
@@ -187,17 +192,22 @@ def label_detections(det: Detections, truth: dict, shape: tuple[int, int]) -> La
     return Labelled(det.crops, labels, vol, depth, clump, feats, plain)
 
 
-def analyse_for_training(capture_dir: Path) -> tuple[Detections, dict, tuple[int, int]]:
-    """Reconstruct and detect one simulated capture; return its detections and truth."""
+def analyse_for_training(capture_dir: Path, *, enhanced: bool = True
+                         ) -> tuple[Detections, dict, tuple[int, int]]:
+    """Reconstruct and detect one simulated capture; return its detections and truth.
+
+    ``enhanced``: make the per-cell enhanced crops too (``crops``, with the plain ones
+    in ``plain_crops``); otherwise ``crops`` are the plain ones.
+    """
     cap = read_capture(capture_dir)
-    rec = reconstruct_capture(cap)
-    det = detect_in_capture(cap, rec, keep_plain=True)
+    rec = reconstruct_capture(cap, ReconOptions(keep_dies=enhanced))
+    det = detect_in_capture(cap, rec, keep_plain=enhanced, enhance=enhanced)
     truth = json.loads((Path(capture_dir) / "truth.json").read_text())
     return det, truth, cap.shape
 
 
 def make_labelled(index: int, split: str, *, size: int = 512, crowded: bool = True,
-                  workdir: str | None = None) -> Labelled:
+                  workdir: str | None = None, enhanced: bool = False) -> Labelled:
     """Simulate capture number ``index`` of a split, analyse it and label its crops."""
     seed = SEED_BASE[split] + index
     rng = np.random.default_rng(seed)
@@ -206,21 +216,25 @@ def make_labelled(index: int, split: str, *, size: int = 512, crowded: bool = Tr
     tmp = Path(tempfile.mkdtemp(prefix="holodiff-train-", dir=workdir))
     try:
         simulate_capture(tmp / "cap", preset=f"{split}-{'crowded' if crowded else 'random'}",
-                         seed=seed, config=cfg, spec=spec, n_dies=dies_of(index))
-        det, truth, shape = analyse_for_training(tmp / "cap")
+                         seed=seed, config=cfg, spec=spec, n_dies=dies_of(index, enhanced))
+        det, truth, shape = analyse_for_training(tmp / "cap", enhanced=enhanced)
         return label_detections(det, truth, shape)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _job(args: tuple) -> Labelled:
-    index, split, size, crowded = args
-    return make_labelled(index, split, size=size, crowded=crowded)
+    index, split, size, crowded, enhanced = args
+    return make_labelled(index, split, size=size, crowded=crowded, enhanced=enhanced)
 
 
 def build(out: str | Path, *, split: str, captures: int, size: int = 512, crowded: bool = True,
-          start: int = 0, workers: int = 1, log=print) -> dict:
+          start: int = 0, workers: int = 1, enhanced: bool = False, log=print) -> dict:
     """Make a labelled crop set of ``captures`` simulated captures and save it as ``.npz``.
+
+    ``enhanced``: also the per-cell enhanced crops (``crops``; the plain ones are then
+    ``plain_crops``, and every third capture has four dies per LED). The set records
+    which (``enhanced``).
 
     Returns
     -------
@@ -231,7 +245,7 @@ def build(out: str | Path, *, split: str, captures: int, size: int = 512, crowde
     from concurrent.futures import ProcessPoolExecutor
 
     t0 = time.perf_counter()
-    jobs = [(start + i, split, size, crowded) for i in range(captures)]
+    jobs = [(start + i, split, size, crowded, enhanced) for i in range(captures)]
     parts: list[Labelled] = []
     if workers > 1:
         with ProcessPoolExecutor(workers) as ex:
@@ -242,11 +256,13 @@ def build(out: str | Path, *, split: str, captures: int, size: int = 512, crowde
         for k, j in enumerate(jobs):
             parts.append(_job(j))
             log(f"{split}: capture {k + 1}/{captures}, {sum(len(p.labels) for p in parts)} crops")
+    names = ["crops", "labels", "volume_fl", "depth_um", "clump", "features"]
     arrays = {name: np.concatenate([getattr(p, name) for p in parts])
-              for name in ("crops", "labels", "volume_fl", "depth_um", "clump", "features",
-                           "plain_crops")}
+              for name in names + (["plain_crops"] if enhanced else [])}
     arrays["crops"] = arrays["crops"].astype(np.float16)
-    arrays["plain_crops"] = arrays["plain_crops"].astype(np.float16)
+    if enhanced:
+        arrays["plain_crops"] = arrays["plain_crops"].astype(np.float16)
+    arrays["enhanced"] = np.array(enhanced)
     np.savez(out, **arrays)
     counts = {c: int((arrays["labels"] == i).sum()) for i, c in enumerate(CLASSES)}
     return {"counts": counts, "seconds": time.perf_counter() - t0, "captures": captures}

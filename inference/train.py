@@ -232,12 +232,19 @@ def main(argv: list[str] | None = None) -> int:
     if not train_npz.exists():
         log(f"data set: {args.captures} crowded training captures")
         log(json.dumps(build(train_npz, split="train", captures=args.captures,
-                             workers=args.workers, log=log)))
+                             workers=args.workers, enhanced=args.enhanced_crops, log=log)))
     if not calib_npz.exists():
         # calibration crops come from training-condition captures the training set did not use
         log(json.dumps(build(calib_npz, split="train", captures=args.calibration_captures,
-                             start=args.captures + 10_000, workers=args.workers, log=log)))
+                             start=args.captures + 10_000, workers=args.workers,
+                             enhanced=args.enhanced_crops, log=log)))
     data = _load(train_npz)
+    cal = _load(calib_npz)
+    for name, d in (("training", data), ("calibration", cal)):
+        if args.enhanced_crops and not bool(d.get("enhanced", False)):
+            log_file.close()
+            raise SystemExit(f"the {name} set in {data_dir} was made without the enhanced crops; "
+                             "remove it (or give another --data) to make it again")
     kind = "crops" if args.enhanced_crops else "plain_crops"
     data["crops"] = data.pop(kind) if kind in data else data["crops"]
     log(f"crops: {'pixel super-resolution and phase retrieval' if args.enhanced_crops else 'plain fields'}")
@@ -248,7 +255,6 @@ def main(argv: list[str] | None = None) -> int:
     fp32 = out / f"{args.name}.fp32.onnx"
     int8 = out / f"{args.name}.onnx"
     export_onnx(net, fp32, n_ch, size)
-    cal = _load(calib_npz)
     calib = centre(cal.get(kind, cal["crops"]), INPUT_SIZE).astype(np.float32)
     quantise(fp32, int8, calib)
     card = {
@@ -278,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         "training": {"captures": args.captures, "crops": int(len(data["labels"])),
                      "class_counts": {c: int((data["labels"] == i).sum())
                                       for i, c in enumerate(CLASSES)},
-                     "four_die_captures": sum(dies_of(i) > 1 for i in range(args.captures)),
+                     "four_die_captures": sum(dies_of(i, args.enhanced_crops) > 1
+                                              for i in range(args.captures)),
                      "epochs": args.epochs, "seed": args.seed,
                      "seconds": round(time.perf_counter() - t0, 1)},
     }

@@ -216,3 +216,18 @@ def test_dry_mass_integrates_the_optical_path():
     assert np.allclose(optical_path_um(crops, {1: 530.0, 2: 625.0})[0], opd, atol=1e-4)
     # one wavelength alone wraps: the same cell comes out lighter
     assert dry_mass_pg(crops, {1: 530.0})[0] < 0.9 * want
+
+
+def test_a_data_set_says_which_crops_it_holds(tmp_path):
+    from inference.dataset import build
+    from inference.train import main as train_main
+
+    for name, start in (("train.npz", 0), ("calibration.npz", 10_000)):
+        build(tmp_path / name, split="train", captures=1, size=256, start=start,
+              log=lambda m: None)
+    with np.load(tmp_path / "train.npz") as z:
+        assert not bool(z["enhanced"]) and "plain_crops" not in z.files
+    # asking for the enhanced crops on a plain set is refused before any training
+    with pytest.raises(SystemExit, match="without the enhanced crops"):
+        train_main(["--out", str(tmp_path / "m"), "--data", str(tmp_path), "--captures", "1",
+                    "--enhanced-crops"])
