@@ -87,7 +87,7 @@ class ReconOptions:
     focus_tiles: int = 4
     leds: tuple[str, ...] | None = None
     keep_fields: bool = True
-    keep_dies: bool = True
+    keep_dies: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -65,8 +65,8 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
     wants = clf.enhanced_crops
     enhance = (wants or opt.phase) if opt.enhance is None else opt.enhance
     recon = opt.recon or ReconOptions()
-    if not enhance and recon.keep_dies:  # the hologram frames are not needed: spare the memory
-        recon = replace(recon, keep_dies=False)
+    if enhance != recon.keep_dies:  # keep the hologram frames only where they are used
+        recon = replace(recon, keep_dies=enhance)
     rec = reconstruct_capture(cap, recon)
     t_rec = time.perf_counter() - t
     say(f"detecting cells (sample at {rec.plane.distance_um:.0f} um)" if rec.plane else

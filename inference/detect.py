@@ -389,7 +389,8 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
         Crops from the hologram frames kept by the reconstruction
         (:func:`enhanced_windows`): pixel super-resolution where an LED has several
         dies, and this many phase-retrieval iterations. Without kept frames
-        (``ReconOptions(keep_dies=False)``) the crops are cut from the plain fields.
+        (the default, ``ReconOptions(keep_dies=False)``) the crops are cut from the plain
+        fields.
     keep_plain : bool
         Also return the crops cut from the plain fields (``plain_crops``; for
         measuring what the enhancement buys).

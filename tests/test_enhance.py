@@ -11,7 +11,7 @@ import pytest
 
 from holography.capture import read_capture
 from holography.propagation import propagate, transfer_function
-from holography.reconstruct import reconstruct_capture
+from holography.reconstruct import ReconOptions, reconstruct_capture
 from holography.retrieval import retrieve_windows, twin_image_energy, window_support
 from holography.simulate import DEFAULT_LEDS
 from holography.superres import DieSet, Shift, psr_windows
@@ -24,6 +24,8 @@ from inference.analyze import (
 )
 from inference.classify import Classifier
 from inference.detect import CROP_PIXEL_UM, detect_in_capture
+
+KEEP = ReconOptions(keep_dies=True)
 
 
 def _centroid(crops: np.ndarray, slot: int) -> tuple[float, float]:
@@ -107,7 +109,8 @@ def test_retrieve_windows_removes_the_twin_and_recovers_phase():
 
 def test_dies_are_registered_and_used_by_default(four_die):
     cap = read_capture(four_die)
-    rec = reconstruct_capture(cap)
+    assert reconstruct_capture(cap).dies == {}  # kept only when asked
+    rec = reconstruct_capture(cap, KEEP)
     assert set(rec.dies) == {"blue", "green", "red"}
     for ds in rec.dies.values():
         assert ds.frames == 4 and not ds.fallbacks and ds.residual_px < 0.15
@@ -139,9 +142,9 @@ def test_a_dead_die_and_a_wrong_die_offset(four_die, tmp_path):
     red = [f for f in meta["frames"] if f["led"] == "red"]
     red[2]["led_offset_um"] = [red[2]["led_offset_um"][0] + 120.0, red[2]["led_offset_um"][1]]
     (path / "capture.json").write_text(json.dumps(meta))
-    good = reconstruct_capture(read_capture(four_die)).dies
+    good = reconstruct_capture(read_capture(four_die), KEEP).dies
     cap = read_capture(path)
-    rec = reconstruct_capture(cap)
+    rec = reconstruct_capture(cap, KEEP)
     assert "DARK_FRAME" in rec.flags
     g = rec.dies["green"]
     assert g.frames == 3 and g.left_out == [f"{green[0]['file']} (dark)"]
@@ -158,7 +161,7 @@ def test_a_dead_die_and_a_wrong_die_offset(four_die, tmp_path):
 def test_one_die_gets_retrieval_without_psr(capdir):
     path = capdir("one-die-3led", leds=DEFAULT_LEDS, size=(256, 256), seed=12)
     cap = read_capture(path)
-    det = detect_in_capture(cap, reconstruct_capture(cap))
+    det = detect_in_capture(cap, reconstruct_capture(cap, KEEP))
     assert all(v["factor"] == 1 and v["frames"] == 1 for v in det.enhancement.values())
 
 
@@ -168,7 +171,7 @@ def test_colours_are_registered_between_leds(capdir):
     leds = tuple(replace(led, offsets_um=((250.0, 0.0),)) if led.name == "red" else led
                  for led in DEFAULT_LEDS)
     cap = read_capture(capdir("colour-offset", leds=leds, size=(256, 256), seed=7))
-    rec = reconstruct_capture(cap)
+    rec = reconstruct_capture(cap, KEEP)
     sh = rec.led_shift_px["red"]
     assert abs(sh.dx + 3.75) < 0.3 and abs(sh.dy) < 0.2, sh
     assert abs(rec.led_shift_px["blue"].dx) < 0.2

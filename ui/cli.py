@@ -97,8 +97,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     cap = read_capture(args.capture)
     t0 = time.perf_counter()
     rec = reconstruct_capture(cap, ReconOptions(search_um=args.search_um,
-                                                keep_fields=args.pictures is not None,
-                                                keep_dies=False))
+                                                keep_fields=args.pictures is not None))
     if args.retrieve and args.retrieve < 64:
         raise HoloDiffError(f"--retrieve needs a region of at least 64 px (got {args.retrieve})")
     report = reconstruction_report(rec, str(args.capture))

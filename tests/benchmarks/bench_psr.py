@@ -197,10 +197,10 @@ def bench_cells(tmp: Path) -> dict:
     cap = simulate_capture(tmp / "spheres", seed=3, config=SimConfig(size=(size, size)),
                            n_dies=4, sample=sample)
     from holography.capture import read_capture
-    from holography.reconstruct import reconstruct_capture
+    from holography.reconstruct import ReconOptions, reconstruct_capture
     cap = read_capture(tmp / "spheres")
     truth = json.loads((tmp / "spheres" / "truth.json").read_text())
-    rec = reconstruct_capture(cap)
+    rec = reconstruct_capture(cap, ReconOptions(keep_dies=True))
     slot_wl = {slot_of(cap.wavelength_nm(led)): cap.wavelength_nm(led) for led in cap.leds}
     n = 40
     yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
