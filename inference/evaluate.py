@@ -96,7 +96,8 @@ def _detections(path: Path, fresh: bool):
                                   for n, v in zip(names, row, strict=True)}) for row in z["cands"]]
             det = Detections(cands, z["crops"].astype(np.float32), tuple(bool(b) for b in z["slots"]),
                              float(z["thr"]), float(z["pixel_um"]), float(z["area"]),
-                             plain_crops=z["plain_crops"].astype(np.float32))
+                             plain_crops=z["plain_crops"].astype(np.float32)
+                             if "plain_crops" in z.files else None)
         return det, truth, shape
     det, truth, shape = analyse_for_training(path)
     names = list(Candidate.__slots__)
@@ -140,7 +141,8 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
         for name, clf in models.items():
             a = acc[name]
             t = time.perf_counter()
-            crops = det.crops if clf.enhanced_crops else det.plain_crops
+            crops = det.plain_crops if det.plain_crops is not None and not clf.enhanced_crops \
+                else det.crops
             probs, vols = clf(crops) if len(det.candidates) else (np.zeros((0, 6)), np.zeros(0))
             a["crops_per_s"].append(len(det.candidates) / max(time.perf_counter() - t, 1e-9))
             calls = call_cells(det.candidates, probs, vols, clf.classes,
