@@ -421,9 +421,7 @@ def _colour_shift(capture: Capture, rec: Reconstruction, references: dict[str, F
                                b.led_offset_um[1] - a.led_offset_um[1]),
                               sample_distance_um=rec.plane.distance_um, source_distance_um=z1,
                               pitch_um=capture.sensor.pixel_pitch_um)
-    h, w = capture.shape
-    n = min(REGISTER_PX, h, w)
-    win = (slice((h - n) // 2, (h - n) // 2 + n), slice((w - n) // 2, (w - n) // 2 + n))
+    win = _central_square(capture.shape)
     s = register(np.abs(rec.fields[focus_led][win]), np.abs(rec.fields[led][win]), predicted=pred,
                  search_px=2.0)
     if s.residual_px <= MAX_SHIFT_RESIDUAL_PX and s.peak >= MIN_REGISTER_PEAK:
@@ -431,8 +429,15 @@ def _colour_shift(capture: Capture, rec: Reconstruction, references: dict[str, F
     return Shift(dy=float(pred[0]), dx=float(pred[1]), peak=s.peak, residual_px=s.residual_px)
 
 
-#: dies are registered on the central REGISTER_PX square of the frames
+#: dies and colours are registered on the central REGISTER_PX square of the frames
 REGISTER_PX = 512
+
+
+def _central_square(shape: tuple[int, int]) -> tuple[slice, slice]:
+    """Slices of the central ``REGISTER_PX`` square (or smaller frame) of a frame."""
+    h, w = shape
+    n = min(REGISTER_PX, h, w)
+    return slice((h - n) // 2, (h - n) // 2 + n), slice((w - n) // 2, (w - n) // 2 + n)
 #: a measured die shift is trusted within this distance of the geometry's prediction (px)
 MAX_SHIFT_RESIDUAL_PX = 0.5
 #: smallest normalised phase-correlation peak of a trusted registration
@@ -455,9 +460,7 @@ def register_led_dies(capture: Capture, ref_info: FrameInfo, reference: np.ndarr
     """
     z1 = capture.geometry.source_distance_mm * 1000.0
     p = capture.sensor.pixel_pitch_um
-    h, w = reference.shape
-    n = min(REGISTER_PX, h, w)
-    win = (slice((h - n) // 2, (h - n) // 2 + n), slice((w - n) // 2, (w - n) // 2 + n))
+    win = _central_square(reference.shape)
     ref_win = reference[win].astype(np.float32)
     amps = [reference.astype(np.float16)]
     shifts = [Shift(dy=0.0, dx=0.0, peak=1.0, residual_px=0.0)]

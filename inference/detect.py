@@ -443,10 +443,10 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
     offsets = {led: rec.led_distance_um[led] - rec.plane.distance_um for led in leds}
     coarse_rel = np.arange(DEPTH_RANGE_UM[0], DEPTH_RANGE_UM[1] + 1e-6, COARSE_STEP_UM)
     fine_rel = np.arange(-COARSE_STEP_UM, COARSE_STEP_UM + 1e-6, FINE_STEP_UM)
-    enhance = [led for led in leds if led in rec.dies] if enhance else []
-    if len(enhance) < len(leds):
-        enhance = []  # one kind of crop for all LEDs of a capture
-    stats: dict[str, list] = {led: [] for led in enhance}
+    enhanced_leds = [led for led in leds if led in rec.dies] if enhance else []
+    if len(enhanced_leds) < len(leds):
+        enhanced_leds = []  # one kind of crop for all LEDs of a capture
+    stats: dict[str, list] = {led: [] for led in enhanced_leds}
     for k0 in range(0, len(peaks), chunk):
         pk = peaks[k0:k0 + chunk]
         m = len(pk)
@@ -498,9 +498,9 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
                                                         np.array([z[i] + offsets[led]]))[0]
         final = ifft2(final, overwrite=True)
         better: dict[str, tuple[np.ndarray, int]] = {}
-        if enhance:
+        if enhanced_leds:
             sup = window_support(final + np.complex64(1.0), rec.pixel_um)
-            for led in enhance:
+            for led in enhanced_leds:
                 fld, fac, mis = enhanced_windows(
                     rec.dies[led], rows + ishift[led][0], cols + ishift[led][1],
                     z + offsets[led], sup,
@@ -565,7 +565,7 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
         if progress is not None:
             progress(min(k0 + chunk, len(peaks)), len(peaks))
     info: dict = {}
-    for led in enhance:
+    for led in enhanced_leds:
         ds = rec.dies[led]
         mis = np.concatenate(stats[led]) if stats[led] else np.zeros((0, 0))
         info[led] = {
