@@ -121,7 +121,9 @@ class _TransferCache:
             self._bytes = 0
 
 
-TRANSFER_CACHE = _TransferCache(max_bytes=int(os.environ.get("HOLODIFF_TF_CACHE_MB", "512")) << 20)
+#: building a kernel costs a few percent of the FFT it serves, so the cache is kept small:
+#: it must hold a focus search's kernels (about 90 of a 512 x 512 band), not every tile's
+TRANSFER_CACHE = _TransferCache(max_bytes=int(os.environ.get("HOLODIFF_TF_CACHE_MB", "256")) << 20)
 
 
 def _check_optics(pitch_um: float, wavelength_nm: float, medium_index: float) -> None:

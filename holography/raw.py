@@ -128,26 +128,27 @@ def _fill_sparse(out: np.ndarray, good: np.ndarray, rows: np.ndarray, cols: np.n
 
 
 def _fill(values: np.ndarray, good: np.ndarray) -> np.ndarray:
-    """Replace pixels where ``good`` is False by a weighted mean of good neighbours."""
+    """Replace pixels where ``good`` is False by a weighted mean of good neighbours (in place)."""
     out = values
-    bad = np.flatnonzero(~good)
+    todo = ~good
+    bad = np.flatnonzero(todo)
     if bad.size < 0.01 * good.size:  # hot and clipped pixels only: no full-frame filtering
         _fill_sparse(out, good, *np.unravel_index(bad, good.shape))
         return out
+    del bad
     kernel = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], np.float32)
     w = good.astype(np.float32)
-    out = values.copy()
-    todo = ~good
     for _ in range(4):
         if not todo.any():
             break
         num = cv2.filter2D(out * w, -1, kernel, borderType=cv2.BORDER_REFLECT)
         den = cv2.filter2D(w, -1, kernel, borderType=cv2.BORDER_REFLECT)
         ok = todo & (den > 0)
-        out[ok] = num[ok] / den[ok]
-        w[ok] = 1.0
+        np.divide(num, den, out=out, where=ok)
+        np.copyto(w, np.float32(1.0), where=ok)
         todo &= ~ok
-    out[todo] = 1.0
+        del num, den, ok
+    np.copyto(out, np.float32(1.0), where=todo)
     return out
 
 
@@ -185,9 +186,9 @@ def normalise_frame(raw: np.ndarray, *, sensor: SensorInfo, dark: np.ndarray | N
     shape = raw.shape
     chan = bayer_channel_map(sensor.bayer, shape)
     rng = float(sensor.max_code - sensor.black_level)
-    offset = dark.astype(np.float32) if dark is not None else np.float32(sensor.black_level)
+    offset = dark if dark is not None else np.float32(sensor.black_level)
     clipped = raw >= sensor.max_code
-    sig = raw.astype(np.float32) - offset
+    sig = np.subtract(raw, offset, dtype=np.float32)
     med = _channel_medians(sig, chan)
     signal_fraction = float(med.max()) / rng
     dark_fraction = float(np.mean(sig < DARK_SIGNAL_LIMIT * rng))
@@ -199,7 +200,7 @@ def normalise_frame(raw: np.ndarray, *, sensor: SensorInfo, dark: np.ndarray | N
                      hot_pixels=int(hot.sum()) if hot is not None else 0, channels_used=qc_used)
         return np.ones(shape, np.float32), qc
     if flat is not None:
-        fsig = flat.astype(np.float32) - offset
+        fsig = np.subtract(flat, offset, dtype=np.float32)
         resp = _channel_medians(fsig, chan)
         if resp.max() <= DARK_SIGNAL_LIMIT * rng:
             raise CaptureError("flat frame has no light in it; record the flat frames again "
@@ -241,7 +242,7 @@ def normalise_frame(raw: np.ndarray, *, sensor: SensorInfo, dark: np.ndarray | N
     sub = good[::3, ::3]
     if sub.any():
         inten /= np.float32(np.median(inten[::3, ::3][sub]))
-    inten = _fill(inten.astype(np.float32), good)
+    inten = _fill(np.asarray(inten, np.float32), good)
     qc = FrameQC(saturated_fraction=float(clipped.mean()), signal_fraction=signal_fraction,
                  dark_fraction=dark_fraction, hot_pixels=int(hot.sum()) if hot is not None else 0,
                  channels_used=tuple("RGB"[c] for c in use))

@@ -38,7 +38,8 @@ import scipy.ndimage as ndi
 
 from holography.capture import Capture, FrameInfo
 from holography.focus import FocalPlane, FocusResult, autofocus, fit_plane, refine
-from holography.propagation import Propagator, fft2, ifft2, transfer_function
+from holography.parallel import FFT_WORKERS_IN_THREAD, ordered_map, threads
+from holography.propagation import DEFAULT_WORKERS, Propagator, fft2, ifft2, transfer_function
 from holography.raw import FrameQC, hot_pixel_mask, normalise_frame
 from holography.retrieval import retrieve_leds, twin_image_energy
 from holography.superres import DieSet, Shift, predicted_shift_px, register
@@ -235,26 +236,39 @@ def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -
     others: dict[str, list[tuple[FrameInfo, np.ndarray]]] = {}
     left_out: dict[str, list[str]] = {}
     references: dict[str, FrameInfo] = {}
+    flats = {led: capture.load_flat(led) for led in capture.leds}
     for led in capture.leds:
-        flat = capture.load_flat(led)
-        ref = _pick_reference(capture.frames_of(led))
-        wanted = opt.leds is None or led in opt.leds
-        several = opt.keep_dies and len(capture.frames_of(led)) > 1
-        for info in capture.frames_of(led):
-            inten, qc = normalise_frame(capture.load_frame(info), sensor=sensor, dark=dark,
-                                        flat=flat, hot=hot)
-            rec.qc[info.file] = qc
-            if not wanted:
-                pass
-            elif qc.dark:
-                left_out.setdefault(led, []).append(f"{info.file} (dark)")
-            elif info is ref:
-                amplitudes[led] = np.sqrt(np.maximum(inten, 0.0))
-            elif several:
-                others.setdefault(led, []).append(
-                    (info, np.sqrt(np.maximum(inten, 0.0)).astype(np.float16)))
-            del inten
-        references[led] = ref
+        references[led] = _pick_reference(capture.frames_of(led))
+
+    def load(info: FrameInfo) -> tuple[FrameInfo, np.ndarray | None, FrameQC]:
+        # every frame is read and checked (QC of all frames); only the used ones are kept
+        inten, qc = normalise_frame(capture.load_frame(info), sensor=sensor, dark=dark,
+                                    flat=flats[info.led], hot=hot)
+        led = info.led
+        keep = (opt.leds is None or led in opt.leds) and not qc.dark and (
+            info is references[led] or (opt.keep_dies and len(capture.frames_of(led)) > 1))
+        amp = None
+        if keep:
+            amp = np.sqrt(np.maximum(inten, 0.0, out=inten), out=inten)
+            if info is not references[led]:
+                amp = amp.astype(np.float16)
+        return info, amp, qc
+
+    jobs = [info for led in capture.leds for info in capture.frames_of(led)]
+    for info, amp, qc in ordered_map(load, jobs):  # frames two at a time
+        led = info.led
+        rec.qc[info.file] = qc
+        if (opt.leds is None or led in opt.leds) and qc.dark:
+            left_out.setdefault(led, []).append(f"{info.file} (dark)")
+        elif amp is None:
+            pass
+        elif info is references[led]:
+            amplitudes[led] = amp
+        else:
+            others.setdefault(led, []).append((info, amp))
+    flats.clear()
+    for led in capture.leds:
+        ref = references[led]
         if led not in amplitudes and others.get(led):
             # the central die failed: the die nearest it stands in, moved back by the shift
             # its offset predicts at the nominal distance, so the colours stay registered
@@ -306,11 +320,15 @@ def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -
     coarse: list[FocusResult] = []
     evals = 0.0
     props: dict[int, Propagator] = {}
-    for k in order:
+    fw = FFT_WORKERS_IN_THREAD if threads() > 1 else DEFAULT_WORKERS
+
+    def search(k: int) -> tuple[Propagator, FocusResult]:
         r0, c0, _, _ = tiles[k]
-        prop = Propagator(src.tile(r0, c0), pitch_um=p, wavelength_nm=wl)
+        prop = Propagator(src.tile(r0, c0), pitch_um=p, wavelength_nm=wl, workers=fw)
+        return prop, _autofocus_z2(prop, z_lo, z_hi, opt, z1, margin)
+
+    for k, (prop, res) in zip(order, ordered_map(search, [int(k) for k in order]), strict=True):
         props[int(k)] = prop
-        res = _autofocus_z2(prop, z_lo, z_hi, opt, z1, margin)
         coarse.append(res)
         evals += res.evaluations / 8  # a half-band inverse FFT is 1/8 of a pair
     found = [r.distance_um for r in coarse if r.found]
@@ -327,16 +345,21 @@ def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -
     xs, ys, zs, ws = [], [], [], []
     cy, cx = capture.shape[0] / 2, capture.shape[1] / 2
     spectra: dict[int, np.ndarray] = {}  # the focus LED's tile spectra, reused below
-    for i, (r0, c0, nr, nc) in enumerate(tiles):
-        prop = props.pop(i, None) or Propagator(src.tile(r0, c0), pitch_um=p, wavelength_nm=wl)
-        evals += 0.5
-        if opt.keep_fields:
-            spectra[i] = prop.spectrum
+    def refine_tile(i: int) -> tuple[float, float, int, np.ndarray]:
+        r0, c0, _, _ = tiles[i]
+        prop = props.pop(i, None) or Propagator(src.tile(r0, c0), pitch_um=p, wavelength_nm=wl,
+                                                workers=fw)
         if found:
-            z_t, prom, n = _refine_z2(prop, z_global, opt, z1, margin)
-            evals += n / 8
-        else:
-            z_t, prom = math.nan, 0.0
+            return (*_refine_z2(prop, z_global, opt, z1, margin), prop.spectrum)
+        return math.nan, 0.0, 0, prop.spectrum
+
+    refined = ordered_map(refine_tile, range(len(tiles)))
+    for i, ((r0, c0, nr, nc), (z_t, prom, n, spectrum)) in enumerate(zip(tiles, refined,
+                                                                         strict=True)):
+        evals += 0.5 + n / 8
+        if opt.keep_fields:
+            spectra[i] = spectrum
+        del spectrum
         ok = bool(found) and prom > 0.005
         rec.tiles.append(TileFocus(row0=r0, col0=c0, rows=nr, cols=nc,
                                    distance_um=z_t if ok else math.nan, prominence=prom, found=ok))
@@ -345,7 +368,6 @@ def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -
         ys.append((r0 + nr / 2 - cy) * p / m_t / 1000.0)
         zs.append(z_t if ok else math.nan)
         ws.append(min(prom, 0.5) + 1e-3)
-        del prop
     plane = fit_plane(np.array(xs), np.array(ys), np.array(zs), np.array(ws))
     if not math.isfinite(plane.distance_um):
         plane = FocalPlane(distance_um=z_global, slope_x_um_per_mm=0.0, slope_y_um_per_mm=0.0,
@@ -378,19 +400,24 @@ def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -
             continue
         out = np.empty(capture.shape, np.complex64)
         wl_led = capture.wavelength_nm(led)
-        for i, (r0, c0, nr, nc) in enumerate(tiles):
+
+        def focus_tile(i: int, led=led, lsrc=lsrc, offset=offset, wl_led=wl_led,
+                       out=out) -> None:
+            r0, c0, nr, nc = tiles[i]
             # tiles share transfer functions at 0.5 um steps, far below the depth of field
             z_t = round(2.0 * (plane.at(xs[i], ys[i]) + offset)) / 2.0
             if led == focus_led:
                 spec = spectra.pop(i)
             else:
-                spec = fft2(lsrc.tile(r0, c0), overwrite=True)
-                evals += 0.5
+                spec = fft2(lsrc.tile(r0, c0), workers=fw, overwrite=True)
             spec *= transfer_function(spec.shape, pitch_um=p, wavelength_nm=wl_led,
                                       distance_um=-D(z_t))
-            u = ifft2(spec, overwrite=True)
+            u = ifft2(spec, workers=fw, overwrite=True)
             out[r0:r0 + nr, c0:c0 + nc] = u[margin:margin + nr, margin:margin + nc]
-            evals += 0.5
+
+        for _ in ordered_map(focus_tile, range(len(tiles))):  # each tile writes its own core
+            pass
+        evals += len(tiles) * (0.5 if led == focus_led else 1.0)
         rec.fields[led] = out
         if opt.keep_dies:
             rec.dies[led] = register_led_dies(

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from holography.capture import Capture, read_capture
+from holography.parallel import threads
 from holography.reconstruct import ReconOptions, reconstruct_capture
 from holography.sample import N_MEDIUM
 from inference.classify import DEFAULT_MODEL, Classifier
@@ -59,7 +60,7 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
     cap = capture if isinstance(capture, Capture) else read_capture(capture)
-    clf = classifier or Classifier(opt.model)
+    clf = classifier or Classifier(opt.model, threads=threads())
     say("reconstructing")
     t = time.perf_counter()
     wants = clf.enhanced_crops
@@ -76,7 +77,7 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
         cap, rec, progress=lambda k, n: say(f"refocused {k}/{n} candidates")
         if k == n or k % 1024 < 64 else None, psr=opt.psr,
         retrieval_iterations=opt.retrieval_iterations,
-        enhance=enhance, keep_plain=enhance and not wants)
+        enhance=enhance, keep_plain=enhance and not wants, in_place=True)
     crops = det.plain_crops if det.plain_crops is not None else det.crops
     t_det = time.perf_counter() - t
     t = time.perf_counter()

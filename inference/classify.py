@@ -104,6 +104,8 @@ class Classifier:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        # idle threads sleep instead of spinning: the analysis runs its own threads beside them
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])

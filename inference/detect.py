@@ -52,7 +52,8 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from holography.capture import Capture
-from holography.propagation import fft2, ifft2, transfer_function
+from holography.parallel import FFT_WORKERS_IN_THREAD, ordered_map, threads
+from holography.propagation import DEFAULT_WORKERS, fft2, ifft2, transfer_function
 from holography.reconstruct import Reconstruction, sensor_distance
 from holography.retrieval import retrieve_windows, window_support
 from holography.superres import DieSet, psr_windows
@@ -109,11 +110,14 @@ class Candidate:
     clump: bool = False
 
 
-def background_normalised(field: np.ndarray, *, sigma_px: float = 24.0) -> np.ndarray:
+def background_normalised(field: np.ndarray, *, sigma_px: float = 24.0,
+                          out: np.ndarray | None = None) -> np.ndarray:
     """``field`` divided by its local complex background (so that empty regions read 1).
 
     The background varies slowly: it is a Gaussian mean (``sigma_px``) of a
-    block-averaged copy (blocks of ``sigma_px / 6``), expanded back by repetition.
+    block-averaged copy (blocks of ``sigma_px / 6``), expanded back by repetition
+    a band of rows at a time. ``out=field`` normalises in place (no second
+    full-frame copy).
     """
     h, w = field.shape
     f = max(1, int(sigma_px // 6))
@@ -125,21 +129,51 @@ def background_normalised(field: np.ndarray, *, sigma_px: float = 24.0) -> np.nd
     im = ndi.gaussian_filter(blocks.imag, sigma_px / f, mode="reflect")
     bg = (re + 1j * im).astype(np.complex64)
     bg[np.abs(bg) < 1e-6] = 1.0
-    inv = np.repeat(np.repeat(np.complex64(1.0) / bg, f, axis=0), f, axis=1)
-    if inv.shape != (h, w):
-        inv = np.pad(inv, ((0, h - inv.shape[0]), (0, w - inv.shape[1])), mode="edge")
-    np.multiply(inv, field, out=inv)
-    return inv
+    inv = np.complex64(1.0) / bg
+    out = np.empty_like(field, np.complex64) if out is None else out
+    cols = np.minimum(np.arange(w) // f, inv.shape[1] - 1)
+    band = 64 * f
+    for r0 in range(0, h, band):
+        rows = np.minimum(np.arange(r0, min(r0 + band, h)) // f, inv.shape[0] - 1)
+        np.multiply(inv[np.ix_(rows, cols)], field[r0:r0 + band], out=out[r0:r0 + band])
+    return out
 
 
-def detection_map(fields: dict[str, np.ndarray], pixel_um: float) -> np.ndarray:
-    """Scattered energy ``|u - 1|^2`` averaged over LEDs, smoothed at the cell scale."""
+def detection_map(fields: dict[str, np.ndarray], pixel_um: float, *,
+                  shifts: dict[str, tuple[int, int]] | None = None) -> np.ndarray:
+    """Scattered energy ``|u - 1|^2`` averaged over LEDs, smoothed at the cell scale.
+
+    ``shifts`` (LED -> integer rows, columns) moves an LED's energy back onto
+    the focus LED's grid.
+    """
     acc = None
-    for u in fields.values():
-        e = np.abs(u - np.complex64(1.0)) ** 2
-        acc = e if acc is None else acc + e
+    for led, u in fields.items():
+        e = np.empty(u.shape, np.float32)
+        for r0 in range(0, u.shape[0], 256):  # in bands: no full-frame complex temporary
+            e[r0:r0 + 256] = np.abs(u[r0:r0 + 256] - np.complex64(1.0)) ** 2
+        sh = (shifts or {}).get(led, (0, 0))
+        if any(sh):
+            e = np.roll(e, (-sh[0], -sh[1]), axis=(0, 1))
+        if acc is None:
+            acc = e
+        else:
+            acc += e
+            del e
     acc /= max(1, len(fields))
     return ndi.gaussian_filter(acc, CELL_SIGMA_UM / pixel_um, mode="reflect")
+
+
+def _windows(field: np.ndarray, rows: np.ndarray, cols: np.ndarray, n: int,
+             out: np.ndarray) -> None:
+    """``n x n`` windows of ``field`` centred on (rows, cols) into ``out`` (edge-padded)."""
+    h, w = field.shape
+    for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
+        r0, c0 = int(r) - n // 2, int(c) - n // 2
+        if r0 >= 0 and c0 >= 0 and r0 + n <= h and c0 + n <= w:
+            out[i] = field[r0:r0 + n, c0:c0 + n]
+        else:
+            out[i] = field[np.ix_(np.clip(np.arange(r0, r0 + n), 0, h - 1),
+                                  np.clip(np.arange(c0, c0 + n), 0, w - 1))]
 
 
 def find_peaks(emap: np.ndarray, pixel_um: float, *, threshold_sd: float = THRESHOLD_SD,
@@ -160,17 +194,6 @@ def find_peaks(emap: np.ndarray, pixel_um: float, *, threshold_sd: float = THRES
     vals = emap[rr, cc]
     order = np.argsort(vals)[::-1]
     return np.stack([rr[order], cc[order], vals[order]], axis=1), thr
-
-
-def _window(field: np.ndarray, r: int, c: int, n: int) -> np.ndarray:
-    """An ``n x n`` window centred on (r, c), edge-padded where it leaves the frame."""
-    h, w = field.shape
-    r0, c0 = r - n // 2, c - n // 2
-    if r0 >= 0 and c0 >= 0 and r0 + n <= h and c0 + n <= w:
-        return field[r0:r0 + n, c0:c0 + n].copy()
-    rows = np.clip(np.arange(r0, r0 + n), 0, h - 1)
-    cols = np.clip(np.arange(c0, c0 + n), 0, w - 1)
-    return field[np.ix_(rows, cols)]
 
 
 def _taper(n: int) -> np.ndarray:
@@ -217,6 +240,22 @@ class Refocuser:
             self._stacks[key] = st
             self._stack_bytes += st.nbytes
         return st
+
+    def kernels_at(self, led: str, planes_um: np.ndarray, distances_um: np.ndarray) -> np.ndarray:
+        """(N, n, n) kernels from each window's plane to its own distance (one per cell).
+
+        The step is rounded to 0.5 um of sensor-equivalent distance (as in
+        :meth:`kernel_stack`), so cells share kernels; a kernel is looked up once
+        per distinct step.
+        """
+        d0 = np.array([sensor_distance(float(p), self.z1) for p in planes_um])
+        d = np.array([sensor_distance(float(z), self.z1) for z in distances_um])
+        steps = np.round(2.0 * (d - d0)) / 2.0
+        out = np.empty((len(steps), self.n, self.n), np.complex64)
+        for dz in np.unique(steps):
+            out[steps == dz] = transfer_function((self.n, self.n), pitch_um=self.p,
+                                                 wavelength_nm=self.wl[led], distance_um=-float(dz))
+        return out
 
     def _kernels(self, led: str, plane_um: float, distances_um: np.ndarray,
                  decimation: int = 1) -> np.ndarray:
@@ -284,6 +323,14 @@ def _bspline3(t: np.ndarray) -> np.ndarray:
 def _prefilter(n: int) -> np.ndarray:
     """Matrix of the cubic-spline prefilter on ``n`` samples (coefficients = F @ samples)."""
     return ndi.spline_filter1d(np.eye(n), order=3, axis=0, mode="nearest")
+
+
+def _interp_matrices(n: int, centres: np.ndarray, step_px: float) -> np.ndarray:
+    """(N, CROP_SIZE, n): :func:`_interp_matrix` for each of ``centres`` at once."""
+    x = np.asarray(centres, np.float64)[:, None] + (np.arange(CROP_SIZE) - (CROP_SIZE - 1) / 2) \
+        * step_px
+    basis = _bspline3(x[:, :, None] - np.arange(n)[None, None, :])
+    return basis @ _prefilter(n)
 
 
 def _interp_matrix(n: int, centre: float, step_px: float) -> np.ndarray:
@@ -364,7 +411,8 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
                  source_distance_um: float, threshold_sd: float = THRESHOLD_SD,
                  progress=None, chunk: int = 64, psr: bool = True,
                  retrieval_iterations: int = RETRIEVAL_ITERATIONS,
-                 keep_plain: bool = False, enhance: bool = True) -> Detections:
+                 keep_plain: bool = False, enhance: bool = True,
+                 in_place: bool = False) -> Detections:
     """Find, refocus and crop every candidate object of a reconstruction.
 
     Candidates are processed in chunks: the windows of a chunk are transformed
@@ -397,8 +445,12 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
     enhance : bool
         False: the crops are cut from the plain fields (what models trained on
         plain crops expect).
+    in_place : bool
+        Normalise ``rec.fields`` by their background in place (saves a copy of
+        every field; the analysis has no other use for them afterwards).
     """
-    fields = {led: background_normalised(u) for led, u in rec.fields.items()}
+    fields = {led: background_normalised(u, out=u if in_place else None)
+              for led, u in rec.fields.items()}
     slots = {}
     for led in fields:
         s = slot_of(wavelengths_nm[led])
@@ -419,9 +471,9 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
             MIN_COLOUR_SHIFT_PX else (0.0, 0.0)
         ishift[led] = (int(round(dy)), int(round(dx)))
         fshift[led] = (dy - ishift[led][0], dx - ishift[led][1])
-    emap = detection_map({led: np.roll(u, (-ishift[led][0], -ishift[led][1]), axis=(0, 1))
-                          if any(ishift[led]) else u for led, u in fields.items()}, rec.pixel_um)
+    emap = detection_map(fields, rec.pixel_um, shifts=ishift)
     peaks, thr = find_peaks(emap, rec.pixel_um, threshold_sd=threshold_sd)
+    del emap
     peaks = peaks[:MAX_CANDIDATES]
     if not len(peaks):
         return Detections([], empty, present, thr, rec.pixel_um, area)
@@ -447,7 +499,15 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
     if len(enhanced_leds) < len(leds):
         enhanced_leds = []  # one kind of crop for all LEDs of a capture
     stats: dict[str, list] = {led: [] for led in enhanced_leds}
-    for k0 in range(0, len(peaks), chunk):
+    jf = leds.index(focus_led)
+    h2 = n // 4
+    band = np.r_[0:h2, n - h2:n]
+    ns = 2 * sub + 1
+    cut = slice(o - sub, o + sub + 1)
+    n_threads = min(threads(), max(1, (len(peaks) + chunk - 1) // chunk))
+    fw = FFT_WORKERS_IN_THREAD if n_threads > 1 else DEFAULT_WORKERS
+
+    def run_chunk(k0: int) -> tuple[list[Candidate], dict[str, np.ndarray]]:
         pk = peaks[k0:k0 + chunk]
         m = len(pk)
         rows, cols = pk[:, 0].astype(int), pk[:, 1].astype(int)
@@ -455,31 +515,29 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
         local = np.array([rec.plane.at((c - w / 2) * px_mm, (r - h / 2) * px_mm)
                           for r, c in zip(rows, cols, strict=True)])
         win = np.empty((m, len(leds), n, n), np.complex64)
-        for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
-            for j, led in enumerate(leds):
-                win[i, j] = _window(fields[led], r + ishift[led][0], c + ishift[led][1], n)
+        for j, led in enumerate(leds):
+            _windows(fields[led], rows + ishift[led][0], cols + ishift[led][1], n, win[:, j])
         win -= np.complex64(1.0)
         win *= ref.taper
-        spec = fft2(win)
+        spec = fft2(win, workers=fw)
         del win
-        jf = leds.index(focus_led)
         # coarse search, focus LED, on the central half band (a grid twice as coarse, a
         # quarter of the work): the transfer functions depend on each cell's plane
-        h2 = n // 4
-        band = np.r_[0:h2, n - h2:n]
         low = spec[:, jf][:, band][:, :, band]
         stack = np.empty((m, len(coarse_rel), n // 2, n // 2), np.complex64)
         for i in range(m):
-            stack[i] = low[i][None] * ref.kernel_stack(
-                focus_led, local[i] + offsets[focus_led], coarse_rel - offsets[focus_led], 2)
-        crit = compactness(ifft2(stack, overwrite=True), 12).astype(np.float64)
+            np.multiply(low[i][None], ref.kernel_stack(
+                focus_led, local[i] + offsets[focus_led], coarse_rel - offsets[focus_led], 2),
+                out=stack[i])
+        crit = compactness(ifft2(stack, workers=fw, overwrite=True), 12).astype(np.float64)
         best = coarse_rel[np.argmin(crit, axis=1)]
         at_floor = crit[:, int(np.argmin(np.abs(coarse_rel)))]
         stack = np.empty((m, len(fine_rel), n, n), np.complex64)
         for i in range(m):
-            stack[i] = spec[i, jf][None] * ref.kernel_stack(
-                focus_led, local[i] + offsets[focus_led], best[i] + fine_rel - offsets[focus_led])
-        cf = compactness(ifft2(stack, overwrite=True), 24)
+            np.multiply(spec[i, jf][None], ref.kernel_stack(
+                focus_led, local[i] + offsets[focus_led], best[i] + fine_rel - offsets[focus_led]),
+                out=stack[i])
+        cf = compactness(ifft2(stack, workers=fw, overwrite=True), 24)
         del stack
         z = np.empty(m)
         for i in range(m):
@@ -491,13 +549,12 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
                     z[i] += float(np.clip(0.5 * (cf[i, j - 1] - cf[i, j + 1]) / den, -0.5, 0.5)) \
                         * FINE_STEP_UM
         # every LED at the cell's own depth
-        final = np.empty((m, len(leds), n, n), np.complex64)
-        for i in range(m):
-            for j, led in enumerate(leds):
-                final[i, j] = spec[i, j] * ref._kernels(led, local[i] + offsets[led],
-                                                        np.array([z[i] + offsets[led]]))[0]
-        final = ifft2(final, overwrite=True)
+        for j, led in enumerate(leds):
+            spec[:, j] *= ref.kernels_at(led, local + offsets[led], z + offsets[led])
+        final = ifft2(spec, workers=fw, overwrite=True)
+        del spec
         better: dict[str, tuple[np.ndarray, int]] = {}
+        mis_out: dict[str, np.ndarray] = {}
         if enhanced_leds:
             sup = window_support(final + np.complex64(1.0), rec.pixel_um)
             for led in enhanced_leds:
@@ -509,19 +566,32 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
                     iterations=retrieval_iterations)
                 fld -= np.complex64(1.0)
                 better[led] = (fld, fac)
-                stats[led].append(mis)
-        for i in range(m):
-            k = k0 + i
-            g = np.abs(final[i, jf, o - rad:o + rad + 1, o - rad:o + rad + 1]) ** 2
-            tot = float(g.sum())
-            dy = float((g * yy).sum() / tot) if tot > 0 else 0.0
-            dx = float((g * xx).sum() / tot) if tot > 0 else 0.0
-            my = _interp_matrix(2 * sub + 1, sub + dy, step)
-            mx = _interp_matrix(2 * sub + 1, sub + dx, step)
-            patches = my @ final[i, :, o - sub:o + sub + 1, o - sub:o + sub + 1] @ mx.T
-            for j, led in enumerate(leds):
-                fy, fx = fshift[led]
-                if led in better:
+                mis_out[led] = mis
+        # each cell centred on its scattered energy's centroid (focus LED)
+        g = np.abs(final[:, jf, o - rad:o + rad + 1, o - rad:o + rad + 1]) ** 2
+        tot = g.sum(axis=(1, 2))
+        safe = np.where(tot > 0, tot, 1.0)
+        dys = np.where(tot > 0, (g * yy).sum(axis=(1, 2)) / safe, 0.0).astype(np.float64)
+        dxs = np.where(tot > 0, (g * xx).sum(axis=(1, 2)) / safe, 0.0).astype(np.float64)
+        sub_final = final[:, :, cut, cut]
+        my = _interp_matrices(ns, sub + dys, step)
+        mx = _interp_matrices(ns, sub + dxs, step)
+        patches = np.matmul(np.matmul(my[:, None], sub_final), mx[:, None].transpose(0, 1, 3, 2))
+        for j, led in enumerate(leds):
+            fy, fx = fshift[led]
+            if led not in better and (fy or fx):
+                patches[:, j] = np.matmul(
+                    np.matmul(_interp_matrices(ns, sub + dys + fy, step), sub_final[:, j]),
+                    _interp_matrices(ns, sub + dxs + fx, step).transpose(0, 2, 1))
+        out = patches
+        if better:
+            out = patches.copy()
+            for i in range(m):
+                dy, dx = dys[i], dxs[i]
+                for j, led in enumerate(leds):
+                    if led not in better:
+                        continue
+                    fy, fx = fshift[led]
                     fld, fac = better[led]
                     st = step * fac
                     cy, cx = fac * (o + dy + fy) + (fac - 1) / 2, fac * (o + dx + fx) + (fac - 1) / 2
@@ -531,37 +601,45 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
                     r0, c0 = int(round(cy)) - hs, int(round(cx)) - hs
                     if r0 >= 0 and c0 >= 0 and r0 + 2 * hs < fld.shape[-1] and \
                             c0 + 2 * hs < fld.shape[-1]:
-                        patch = (_interp_matrix(2 * hs + 1, cy - r0, st)
-                                 @ fld[i, r0:r0 + 2 * hs + 1, c0:c0 + 2 * hs + 1]
-                                 @ _interp_matrix(2 * hs + 1, cx - c0, st).T)
+                        out[i, j] = (_interp_matrix(2 * hs + 1, cy - r0, st)
+                                     @ fld[i, r0:r0 + 2 * hs + 1, c0:c0 + 2 * hs + 1]
+                                     @ _interp_matrix(2 * hs + 1, cx - c0, st).T)
                     else:
                         big = fld.shape[-1]
-                        patch = (_interp_matrix(big, cy, st) @ fld[i]
-                                 @ _interp_matrix(big, cx, st).T)
-                elif fy or fx:
-                    patch = patches[j] = (
-                        _interp_matrix(2 * sub + 1, sub + dy + fy, step)
-                        @ final[i, j, o - sub:o + sub + 1, o - sub:o + sub + 1]
-                        @ _interp_matrix(2 * sub + 1, sub + dx + fx, step).T)
-                else:
-                    patch = patches[j]
-                sl = slots[led]
-                crops[k, 2 * sl] = patch.real
-                crops[k, 2 * sl + 1] = patch.imag
-                if plain_crops is not None:
-                    plain_crops[k, 2 * sl] = patches[j].real
-                    plain_crops[k, 2 * sl + 1] = patches[j].imag
-            gs = np.hypot(crops[k, 2 * slots[focus_led]], crops[k, 2 * slots[focus_led] + 1])
-            half = gs > 0.5 * gs.max() if gs.max() > 0 else gs > 0
-            a_um2 = float(half.sum()) * CROP_PIXEL_UM ** 2
-            yc, xc = rows[i] + dy, cols[i] + dx
-            cands.append(Candidate(
+                        out[i, j] = (_interp_matrix(big, cy, st) @ fld[i]
+                                     @ _interp_matrix(big, cx, st).T)
+        for j, led in enumerate(leds):
+            sl = slots[led]
+            crops[k0:k0 + m, 2 * sl] = out[:, j].real
+            crops[k0:k0 + m, 2 * sl + 1] = out[:, j].imag
+            if plain_crops is not None:
+                plain_crops[k0:k0 + m, 2 * sl] = patches[:, j].real
+                plain_crops[k0:k0 + m, 2 * sl + 1] = patches[:, j].imag
+        sf = slots[focus_led]
+        gs = np.hypot(crops[k0:k0 + m, 2 * sf], crops[k0:k0 + m, 2 * sf + 1])
+        top = gs.max(axis=(1, 2))
+        half = np.where(top[:, None, None] > 0, gs > 0.5 * top[:, None, None], gs > 0)
+        areas = half.sum(axis=(1, 2)) * CROP_PIXEL_UM ** 2
+        out_c = []
+        for i in range(m):
+            a_um2 = float(areas[i])
+            yc, xc = rows[i] + float(dys[i]), cols[i] + float(dxs[i])
+            out_c.append(Candidate(
                 x=float(xc), y=float(yc), peak=float(pk[i, 2]), distance_um=float(z[i]),
                 depth_um=float(z[i] - local[i]), sharpness=float(at_floor[i] / cf[i].min()),
                 area_um2=a_um2, diameter_um=2.0 * math.sqrt(a_um2 / math.pi),
                 edge=bool(xc < edge_px or yc < edge_px or xc > w - 1 - edge_px
                           or yc > h - 1 - edge_px),
-                clump=bool(touching[k])))
+                clump=bool(touching[k0 + i])))
+        return out_c, mis_out
+
+    starts = range(0, len(peaks), chunk)
+    # chunks run side by side (holography.parallel); each writes its own rows of the crops
+    for k0, (chunk_cands, mis_out) in zip(starts, ordered_map(run_chunk, starts, threads=n_threads),
+                                          strict=True):
+        cands.extend(chunk_cands)
+        for led, mis in mis_out.items():
+            stats[led].append(mis)
         if progress is not None:
             progress(min(k0 + chunk, len(peaks)), len(peaks))
     info: dict = {}
@@ -586,10 +664,11 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
 
 def detect_in_capture(capture: Capture, rec: Reconstruction, *, progress=None, psr: bool = True,
                       retrieval_iterations: int = RETRIEVAL_ITERATIONS,
-                      keep_plain: bool = False, enhance: bool = True) -> Detections:
+                      keep_plain: bool = False, enhance: bool = True,
+                      in_place: bool = False) -> Detections:
     """:func:`detect_cells` with the wavelengths and geometry taken from the capture's metadata."""
     return detect_cells(rec, {led: capture.wavelength_nm(led) for led in capture.leds},
                         sensor_pitch_um=capture.sensor.pixel_pitch_um,
                         source_distance_um=capture.geometry.source_distance_mm * 1000.0,
                         progress=progress, psr=psr, retrieval_iterations=retrieval_iterations,
-                        keep_plain=keep_plain, enhance=enhance)
+                        keep_plain=keep_plain, enhance=enhance, in_place=in_place)

@@ -19,6 +19,7 @@ from typing import Any
 from holography import __version__
 from holography.capture import read_capture
 from holography.errors import HoloDiffError
+from holography.parallel import set_threads
 from holography.pictures import save_field, save_png
 from holography.reconstruct import (
     ReconOptions,
@@ -201,7 +202,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if jobs == 1:
         failed = report(_analyze_one(p, model, args.cells, args.phase) for p in args.captures)
     else:
-        with ProcessPoolExecutor(jobs) as ex:
+        # the cores are shared: each analysis gets its share of threads
+        share = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, initializer=set_threads, initargs=(share,)) as ex:
             failed = report(ex.map(_analyze_one, args.captures, [model] * n, [args.cells] * n,
                                    [args.phase] * n))
     return 2 if failed else 0
