@@ -48,11 +48,12 @@ import functools
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import scipy.ndimage as ndi
 
 from holography.capture import Capture
-from holography.parallel import FFT_WORKERS_IN_THREAD, ordered_map, threads
+from holography.parallel import FFT_WORKERS_IN_THREAD, by_row_bands, ordered_map, threads
 from holography.propagation import DEFAULT_WORKERS, fft2, ifft2, transfer_function
 from holography.reconstruct import Reconstruction, sensor_distance
 from holography.retrieval import retrieve_windows, window_support
@@ -146,21 +147,25 @@ def detection_map(fields: dict[str, np.ndarray], pixel_um: float, *,
     ``shifts`` (LED -> integer rows, columns) moves an LED's energy back onto
     the focus LED's grid.
     """
-    acc = None
-    for led, u in fields.items():
+    def energy(led: str) -> np.ndarray:
+        u = fields[led]
         e = np.empty(u.shape, np.float32)
         for r0 in range(0, u.shape[0], 256):  # in bands: no full-frame complex temporary
             e[r0:r0 + 256] = np.abs(u[r0:r0 + 256] - np.complex64(1.0)) ** 2
         sh = (shifts or {}).get(led, (0, 0))
-        if any(sh):
-            e = np.roll(e, (-sh[0], -sh[1]), axis=(0, 1))
+        return np.roll(e, (-sh[0], -sh[1]), axis=(0, 1)) if any(sh) else e
+
+    acc = None
+    for e in ordered_map(energy, list(fields)):
         if acc is None:
             acc = e
         else:
             acc += e
             del e
     acc /= max(1, len(fields))
-    return ndi.gaussian_filter(acc, CELL_SIGMA_UM / pixel_um, mode="reflect")
+    sigma = CELL_SIGMA_UM / pixel_um
+    return by_row_bands(lambda a: ndi.gaussian_filter(a, sigma, mode="reflect"), acc,
+                        int(4.0 * sigma + 0.5) + 1)
 
 
 def _windows(field: np.ndarray, rows: np.ndarray, cols: np.ndarray, n: int,
@@ -189,7 +194,8 @@ def find_peaks(emap: np.ndarray, pixel_um: float, *, threshold_sd: float = THRES
     mad = float(np.median(np.abs(sample - med))) * 1.4826
     thr = max(med + threshold_sd * mad, min_peak)
     size = max(3, int(round(PEAK_SEPARATION_UM / pixel_um)) | 1)
-    mx = ndi.maximum_filter(emap, size=size, mode="nearest")
+    # a dilation by a square is a maximum filter (cv2's is several times faster than ndimage's)
+    mx = cv2.dilate(emap, np.ones((size, size), np.uint8), borderType=cv2.BORDER_REPLICATE)
     rr, cc = np.nonzero((emap == mx) & (emap > thr))
     vals = emap[rr, cc]
     order = np.argsort(vals)[::-1]
@@ -326,11 +332,15 @@ def _prefilter(n: int) -> np.ndarray:
 
 
 def _interp_matrices(n: int, centres: np.ndarray, step_px: float) -> np.ndarray:
-    """(N, CROP_SIZE, n): :func:`_interp_matrix` for each of ``centres`` at once."""
-    x = np.asarray(centres, np.float64)[:, None] + (np.arange(CROP_SIZE) - (CROP_SIZE - 1) / 2) \
-        * step_px
-    basis = _bspline3(x[:, :, None] - np.arange(n)[None, None, :])
-    return basis @ _prefilter(n)
+    """(N, CROP_SIZE, n) float32: :func:`_interp_matrix` for each of ``centres`` at once.
+
+    Single precision (relative error ~1e-7, far below the fields' noise) keeps the
+    crop products in complex64.
+    """
+    x = np.asarray(centres, np.float32)[:, None] + ((np.arange(CROP_SIZE) - (CROP_SIZE - 1) / 2)
+                                                    * step_px).astype(np.float32)
+    basis = _bspline3(x[:, :, None] - np.arange(n, dtype=np.float32)[None, None, :])
+    return (basis @ _prefilter(n).astype(np.float32)).astype(np.float32)
 
 
 def _interp_matrix(n: int, centre: float, step_px: float) -> np.ndarray:
@@ -449,8 +459,10 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
         Normalise ``rec.fields`` by their background in place (saves a copy of
         every field; the analysis has no other use for them afterwards).
     """
-    fields = {led: background_normalised(u, out=u if in_place else None)
-              for led, u in rec.fields.items()}
+    leds_all = list(rec.fields)
+    fields = dict(zip(leds_all, ordered_map(
+        lambda led: background_normalised(rec.fields[led], out=rec.fields[led] if in_place
+                                          else None), leds_all), strict=True))
     slots = {}
     for led in fields:
         s = slot_of(wavelengths_nm[led])
