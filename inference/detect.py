@@ -524,8 +524,7 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
         m = len(pk)
         rows, cols = pk[:, 0].astype(int), pk[:, 1].astype(int)
         # the plane under each cell (the chamber may be tilted)
-        local = np.array([rec.plane.at((c - w / 2) * px_mm, (r - h / 2) * px_mm)
-                          for r, c in zip(rows, cols, strict=True)])
+        local = rec.plane.at((cols - w / 2) * px_mm, (rows - h / 2) * px_mm)
         win = np.empty((m, len(leds), n, n), np.complex64)
         for j, led in enumerate(leds):
             _windows(fields[led], rows + ishift[led][0], cols + ishift[led][1], n, win[:, j])
@@ -551,15 +550,15 @@ def detect_cells(rec: Reconstruction, wavelengths_nm: dict[str, float], *, senso
                 out=stack[i])
         cf = compactness(ifft2(stack, workers=fw, overwrite=True), 24)
         del stack
-        z = np.empty(m)
-        for i in range(m):
-            j = int(np.argmin(cf[i]))
-            z[i] = local[i] + best[i] + fine_rel[j]
-            if 0 < j < len(fine_rel) - 1:
-                den = cf[i, j - 1] - 2 * cf[i, j] + cf[i, j + 1]
-                if den > 0:
-                    z[i] += float(np.clip(0.5 * (cf[i, j - 1] - cf[i, j + 1]) / den, -0.5, 0.5)) \
-                        * FINE_STEP_UM
+        # the sharpest fine step, refined by a parabola through it and its neighbours
+        j = np.argmin(cf, axis=1)
+        z = local + best + fine_rel[j]
+        inner = np.flatnonzero((j > 0) & (j < len(fine_rel) - 1))
+        lo, mid, hi = (cf[inner, j[inner] + d] for d in (-1, 0, 1))
+        den = lo - 2 * mid + hi
+        ok = den > 0
+        vertex = np.clip(0.5 * (lo[ok] - hi[ok]) / den[ok], -0.5, 0.5).astype(np.float64)
+        z[inner[ok]] += vertex * FINE_STEP_UM
         # every LED at the cell's own depth
         for j, led in enumerate(leds):
             spec[:, j] *= ref.kernels_at(led, local + offsets[led], z + offsets[led])
