@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+import numpy as np
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -70,15 +72,14 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, threads: int | None
             yield result
 
 
-def by_row_bands(fn: Callable, a, halo: int, *, threads: int | None = None):
+def by_row_bands(fn: Callable[[np.ndarray], np.ndarray], a: np.ndarray, halo: int, *,
+                 threads: int | None = None) -> np.ndarray:
     """``fn(a)`` for a local filter ``fn``, computed on bands of rows side by side.
 
     Each band is filtered with ``halo`` extra rows each side (at least the
     filter's radius), so the result equals ``fn(a)`` exactly: the frame's own
     edges stay edges, and interior band edges see their real neighbours.
     """
-    import numpy as np
-
     threads = _threads if threads is None else threads
     h = a.shape[0]
     if threads <= 1 or h < 4 * (halo + 1) * threads:

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import scipy.ndimage as ndi
 
 from holography import parallel
 from holography.capture import read_capture
@@ -58,6 +59,18 @@ def test_ordered_map_bounds_the_work_ahead_and_raises_in_order():
         next(it)
 
 
+@pytest.mark.parametrize("fn, halo", [
+    (lambda a: ndi.gaussian_filter(a, 2.3, mode="reflect"), 11),
+    (lambda a: ndi.maximum_filter(a, size=7, mode="nearest"), 3),
+])
+def test_row_bands_equal_the_whole_frame(fn, halo):
+    a = np.random.default_rng(5).random((403, 97)).astype(np.float32)
+    whole = fn(a)
+    np.testing.assert_array_equal(parallel.by_row_bands(fn, a, halo, threads=3), whole)
+    # a halo smaller than the filter's reach shows at the band edges: the halo is what makes it exact
+    assert not np.array_equal(parallel.by_row_bands(fn, a, 0, threads=3), whole)
+
+
 def test_set_threads_floors_at_one(threads_restored):
     parallel.set_threads(0)
     assert parallel.threads() == 1
@@ -99,3 +112,16 @@ def test_threaded_analysis_gives_the_serial_numbers(capdir, threads_restored):
     assert len(d1.candidates) == len(d2.candidates) > 64  # more than one batch of cells
     assert [c.distance_um for c in d1.candidates] == [c.distance_um for c in d2.candidates]
     np.testing.assert_array_equal(d1.crops, d2.crops)
+
+
+def test_peaks_use_a_dilation_equal_to_the_maximum_filter():
+    from inference.detect import PEAK_SEPARATION_UM, find_peaks
+
+    rng = np.random.default_rng(9)
+    emap = ndi.gaussian_filter(rng.random((257, 311)).astype(np.float32), 1.5)
+    peaks, thr = find_peaks(emap, 1.0, threshold_sd=0.0)
+    size = max(3, int(round(PEAK_SEPARATION_UM / 1.0)) | 1)
+    mx = ndi.maximum_filter(emap, size=size, mode="nearest")
+    rr, cc = np.nonzero((emap == mx) & (emap > thr))
+    assert len(peaks) == len(rr) > 10
+    assert {(int(r), int(c)) for r, c, _ in peaks} == set(zip(rr.tolist(), cc.tolist(), strict=True))
