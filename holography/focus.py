@@ -253,8 +253,8 @@ class FocalPlane:
         """Magnitude of the tilt in milliradians."""
         return math.hypot(self.slope_x_um_per_mm, self.slope_y_um_per_mm)
 
-    def at(self, x_mm: float, y_mm: float) -> float:
-        """Plane distance at a position relative to the frame centre (mm)."""
+    def at(self, x_mm, y_mm):
+        """Plane distance at a position relative to the frame centre (mm; floats or arrays)."""
         return self.distance_um + self.slope_x_um_per_mm * x_mm + self.slope_y_um_per_mm * y_mm
 
 
