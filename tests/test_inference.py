@@ -372,3 +372,18 @@ def test_misclassification_intervals_cover_the_true_mix():
     assert naive < 0.7 * pi[3]
     # an ambiguous class gets a wider interval than a well-separated one
     assert widths[3] > widths[1]
+
+
+def test_evaluation_cache_gives_the_fresh_crops(three_led, tmp_path):
+    """The evaluation's detection cache keeps float32 crops: a rerun scores what the first run did."""
+    from inference.evaluate import _detections
+
+    cap = tmp_path / "cap"
+    shutil.copytree(three_led, cap)
+    fresh, _, _ = _detections(cap, True)
+    cached, _, _ = _detections(cap, False)
+    assert len(list(cap.glob("eval-detections-*.npz"))) == 1
+    assert cached.plain_crops.dtype == np.float32
+    np.testing.assert_array_equal(cached.plain_crops, fresh.plain_crops)
+    np.testing.assert_array_equal(cached.crops, fresh.crops)
+    assert [c.distance_um for c in cached.candidates] == [c.distance_um for c in fresh.candidates]
