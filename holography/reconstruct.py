@@ -240,12 +240,15 @@ def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -
     for led in capture.leds:
         references[led] = _pick_reference(capture.frames_of(led))
 
+    def wanted(led: str) -> bool:
+        return opt.leds is None or led in opt.leds
+
     def load(info: FrameInfo) -> tuple[FrameInfo, np.ndarray | None, FrameQC]:
         # every frame is read and checked (QC of all frames); only the used ones are kept
         inten, qc = normalise_frame(capture.load_frame(info), sensor=sensor, dark=dark,
                                     flat=flats[info.led], hot=hot)
         led = info.led
-        keep = (opt.leds is None or led in opt.leds) and not qc.dark and (
+        keep = wanted(led) and not qc.dark and (
             info is references[led] or (opt.keep_dies and len(capture.frames_of(led)) > 1))
         amp = None
         if keep:
@@ -258,7 +261,7 @@ def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -
     for info, amp, qc in ordered_map(load, jobs):  # frames two at a time
         led = info.led
         rec.qc[info.file] = qc
-        if (opt.leds is None or led in opt.leds) and qc.dark:
+        if wanted(led) and qc.dark:
             left_out.setdefault(led, []).append(f"{info.file} (dark)")
         elif amp is None:
             pass
@@ -347,21 +350,21 @@ def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -
     xs, ys, zs, ws = [], [], [], []
     cy, cx = capture.shape[0] / 2, capture.shape[1] / 2
     spectra: dict[int, np.ndarray] = {}  # the focus LED's tile spectra, reused below
-    def refine_tile(i: int) -> tuple[float, float, int, np.ndarray]:
+    def refine_tile(i: int) -> tuple[float, float, int, np.ndarray | None]:
         r0, c0, _, _ = tiles[i]
         prop = props.pop(i, None) or Propagator(src.tile(r0, c0), pitch_um=p, wavelength_nm=wl,
                                                 workers=fw)
+        kept = prop.spectrum if opt.keep_fields else None  # reused for the focus LED's field
         if found:
-            return (*_refine_z2(prop, z_global, opt, z1, margin), prop.spectrum)
-        return math.nan, 0.0, 0, prop.spectrum
+            return (*_refine_z2(prop, z_global, opt, z1, margin), kept)
+        return math.nan, 0.0, 0, kept
 
     refined = ordered_map(refine_tile, range(len(tiles)))
     for i, ((r0, c0, nr, nc), (z_t, prom, n, spectrum)) in enumerate(zip(tiles, refined,
                                                                          strict=True)):
         evals += 0.5 + n / 8
-        if opt.keep_fields:
+        if spectrum is not None:
             spectra[i] = spectrum
-        del spectrum
         ok = bool(found) and prom > 0.005
         rec.tiles.append(TileFocus(row0=r0, col0=c0, rows=nr, cols=nc,
                                    distance_um=z_t if ok else math.nan, prominence=prom, found=ok))
