@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from holography.parallel import in_worker
 from holography.propagation import Propagator
 
 #: a focus curve whose peak stands less than this fraction above its median is
@@ -48,32 +49,64 @@ from holography.propagation import Propagator
 PROMINENCE_MIN = 0.04
 
 
+@numba.njit(cache=True, inline="always")
+def _amplitude_row(u, out, i):  # pragma: no cover - numba
+    for j in range(u.shape[1]):
+        v = u[i, j]
+        out[i, j] = math.sqrt(v.real * v.real + v.imag * v.imag)
+
+
 @numba.njit(parallel=True, cache=True)
 def _amplitude(u, out):  # pragma: no cover - numba
-    ny, nx = u.shape
-    for i in numba.prange(ny):
-        for j in range(nx):
-            v = u[i, j]
-            out[i, j] = math.sqrt(v.real * v.real + v.imag * v.imag)
+    for i in numba.prange(u.shape[0]):
+        _amplitude_row(u, out, i)
+
+
+@numba.njit(cache=True)
+def _amplitude_serial(u, out):  # pragma: no cover - numba
+    for i in range(u.shape[0]):
+        _amplitude_row(u, out, i)
+
+
+@numba.njit(cache=True, inline="always")
+def _grad_row(a, i, rows):  # pragma: no cover - numba
+    r1 = 0.0
+    r2 = 0.0
+    for j in range(a.shape[1] - 1):
+        gx = a[i, j + 1] - a[i, j]
+        gy = a[i + 1, j] - a[i, j]
+        g2 = gx * gx + gy * gy
+        r1 += math.sqrt(g2)
+        r2 += g2
+    rows[i, 0] = r1
+    rows[i, 1] = r2
+
+
+@numba.njit(cache=True)
+def _sum_rows(a, rows):  # pragma: no cover - numba
+    # rows summed in order: the same result however many threads made them
+    s1 = 0.0
+    s2 = 0.0
+    for i in range(rows.shape[0]):
+        s1 += rows[i, 0]
+        s2 += rows[i, 1]
+    return s1, s2, (a.shape[0] - 1) * (a.shape[1] - 1)
 
 
 @numba.njit(parallel=True, cache=True)
 def _grad_moments(a):  # pragma: no cover - numba
-    ny, nx = a.shape
-    s1 = 0.0
-    s2 = 0.0
-    for i in numba.prange(ny - 1):
-        r1 = 0.0
-        r2 = 0.0
-        for j in range(nx - 1):
-            gx = a[i, j + 1] - a[i, j]
-            gy = a[i + 1, j] - a[i, j]
-            g2 = gx * gx + gy * gy
-            r1 += math.sqrt(g2)
-            r2 += g2
-        s1 += r1
-        s2 += r2
-    return s1, s2, (ny - 1) * (nx - 1)
+    rows = np.empty((max(a.shape[0] - 1, 0), 2))
+    for i in numba.prange(a.shape[0] - 1):
+        _grad_row(a, i, rows)
+    return _sum_rows(a, rows)
+
+
+@numba.njit(cache=True)
+def _grad_moments_serial(a):  # pragma: no cover - numba
+    rows = np.empty((max(a.shape[0] - 1, 0), 2))
+    for i in range(a.shape[0] - 1):
+        _grad_row(a, i, rows)
+    return _sum_rows(a, rows)
 
 
 def tamura_of_gradient(field: np.ndarray) -> float:
@@ -90,12 +123,14 @@ def tamura_of_gradient(field: np.ndarray) -> float:
         ``sqrt(std(G) / mean(G))``; larger is sharper.
     """
     f = np.asarray(field)
+    # on an analysis thread, or for a small field, the kernels run serially (parallel.in_worker)
+    serial = in_worker() or f.size <= 256 * 256
     if np.iscomplexobj(f):
         amp = np.empty(f.shape, np.float32)
-        _amplitude(f, amp)
+        (_amplitude_serial if serial else _amplitude)(f, amp)
     else:
         amp = np.ascontiguousarray(f, dtype=np.float32)
-    s1, s2, n = _grad_moments(amp)
+    s1, s2, n = (_grad_moments_serial if serial else _grad_moments)(amp)
     mean = s1 / n
     if mean <= 0:
         return 0.0

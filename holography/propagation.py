@@ -13,7 +13,7 @@ frequency step of the grid (Matsushima & Shimobaba, "Band-limited angular
 spectrum method for numerical simulation of free-space propagation in far and
 near fields", Opt. Express 17(22):19662, 2009).
 
-Transfer functions are built by a parallel numba kernel and cached per
+Transfer functions are built by a numba kernel (parallel on large grids) and cached per
 (shape, pitch, wavelength, distance, medium) in a bounded LRU cache. FFTs are
 ``scipy.fft`` in single precision with worker threads.
 
@@ -39,36 +39,55 @@ import numpy as np
 import scipy.fft
 
 from holography.errors import OpticsError
+from holography.parallel import in_worker
 
 DEFAULT_WORKERS = max(1, os.cpu_count() or 1)
 
 
-@numba.njit(parallel=True, cache=True)
-def _asm_kernel(out, dy, dx, inv_lambda, z, fy_lim, fx_lim):  # pragma: no cover - numba
-    # H depends on fx^2 and fy^2 only: compute one quadrant of the FFT-ordered grid and
-    # mirror it (index k and n - k hold the same |f|), a quarter of the sqrt and sincos
+@numba.njit(cache=True, inline="always")
+def _asm_rows(out, i, dy, dx, inv_lambda, z, fy_lim, fx_lim):  # pragma: no cover - numba
+    # H depends on fx^2 and fy^2 only: one quadrant of the FFT-ordered grid is computed and
+    # mirrored (index k and n - k hold the same |f|), a quarter of the sqrt and sincos
     ny, nx = out.shape
     inv_l2 = inv_lambda * inv_lambda
     two_pi_z = 2.0 * math.pi * z
-    for i in numba.prange(ny // 2 + 1):
-        fy = i / (ny * dy)
-        i2 = ny - i
-        for j in range(nx // 2 + 1):
-            fx = j / (nx * dx)
-            arg = inv_l2 - fx * fx - fy * fy
-            if arg <= 0.0 or fx > fx_lim or fy > fy_lim:
-                v = complex(0.0, 0.0)
-            else:
-                ph = two_pi_z * (math.sqrt(arg) - inv_lambda)
-                v = complex(math.cos(ph), math.sin(ph))
-            j2 = nx - j
-            out[i, j] = v
+    fy = i / (ny * dy)
+    i2 = ny - i
+    for j in range(nx // 2 + 1):
+        fx = j / (nx * dx)
+        arg = inv_l2 - fx * fx - fy * fy
+        if arg <= 0.0 or fx > fx_lim or fy > fy_lim:
+            v = complex(0.0, 0.0)
+        else:
+            ph = two_pi_z * (math.sqrt(arg) - inv_lambda)
+            v = complex(math.cos(ph), math.sin(ph))
+        j2 = nx - j
+        out[i, j] = v
+        if 0 < j2 < nx:
+            out[i, j2] = v
+        if 0 < i2 < ny:
+            out[i2, j] = v
             if 0 < j2 < nx:
-                out[i, j2] = v
-            if 0 < i2 < ny:
-                out[i2, j] = v
-                if 0 < j2 < nx:
-                    out[i2, j2] = v
+                out[i2, j2] = v
+
+
+@numba.njit(parallel=True, cache=True)
+def _asm_kernel(out, dy, dx, inv_lambda, z, fy_lim, fx_lim):  # pragma: no cover - numba
+    for i in numba.prange(out.shape[0] // 2 + 1):
+        _asm_rows(out, i, dy, dx, inv_lambda, z, fy_lim, fx_lim)
+
+
+@numba.njit(cache=True)
+def _asm_kernel_serial(out, dy, dx, inv_lambda, z, fy_lim, fx_lim):  # pragma: no cover - numba
+    for i in range(out.shape[0] // 2 + 1):
+        _asm_rows(out, i, dy, dx, inv_lambda, z, fy_lim, fx_lim)
+
+
+#: below this many samples (or on one of the analysis's threads, whose siblings hold the other
+#: cores) a transfer function is built on the calling thread: starting the parallel kernel costs
+#: more than the work (a 64 x 64 cell window: 0.03 ms on one thread, over 1 ms through the
+#: thread pool while other threads are busy)
+SERIAL_KERNEL_SAMPLES = 256 * 256
 
 
 @numba.njit(parallel=True, cache=True)
@@ -176,7 +195,9 @@ def transfer_function(shape: tuple[int, int], *, pitch_um: float | tuple[float, 
             fx_lim = band_limit(nx, dx, lam_m, distance_um)
         else:
             fy_lim = fx_lim = math.inf
-        _asm_kernel(out, float(dy), float(dx), 1.0 / lam_m, float(distance_um), fy_lim, fx_lim)
+        kernel = _asm_kernel_serial if ny * nx <= SERIAL_KERNEL_SAMPLES or in_worker() \
+            else _asm_kernel
+        kernel(out, float(dy), float(dx), 1.0 / lam_m, float(distance_um), fy_lim, fx_lim)
         return out
 
     return TRANSFER_CACHE.get(key, build)

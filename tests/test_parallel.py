@@ -71,6 +71,35 @@ def test_row_bands_equal_the_whole_frame(fn, halo):
     assert not np.array_equal(parallel.by_row_bands(fn, a, 0, threads=3), whole)
 
 
+def test_worker_threads_know_they_are_workers():
+    assert not parallel.in_worker()
+    assert list(parallel.ordered_map(lambda _: parallel.in_worker(), range(3), threads=2)) == \
+        [True] * 3
+    assert not parallel.in_worker()
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (300, 260), (520, 512)])
+def test_serial_kernels_equal_the_parallel_ones(shape):
+    # the analysis's threads run numba kernels serially (no nested parallel launch): the
+    # numbers must not depend on which variant ran, nor on how many threads numba has
+    from holography import focus, propagation
+
+    rng = np.random.default_rng(shape[0])
+    u = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
+    a1, a2 = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    focus._amplitude(u, a1)
+    focus._amplitude_serial(u, a2)
+    assert np.array_equal(a1, a2)
+    assert focus._grad_moments(a1) == focus._grad_moments_serial(a1)
+    h1, h2 = np.empty(shape, np.complex64), np.empty(shape, np.complex64)
+    args = (1.12, 0.98, 1 / 0.47, -180.0, 0.6, 0.55)
+    propagation._asm_kernel(h1, *args)
+    propagation._asm_kernel_serial(h2, *args)
+    assert np.array_equal(h1, h2)
+    on_worker = list(parallel.ordered_map(focus.tamura_of_gradient, [u, u], threads=2))
+    assert on_worker == [focus.tamura_of_gradient(u)] * 2
+
+
 def test_set_threads_floors_at_one(threads_restored):
     parallel.set_threads(0)
     assert parallel.threads() == 1
@@ -112,6 +141,18 @@ def test_threaded_analysis_gives_the_serial_numbers(capdir, threads_restored):
     assert len(d1.candidates) == len(d2.candidates) > 64  # more than one batch of cells
     assert [c.distance_um for c in d1.candidates] == [c.distance_um for c in d2.candidates]
     np.testing.assert_array_equal(d1.crops, d2.crops)
+
+
+def test_crop_interpolation_taps_equal_the_whole_window_basis():
+    # the batched interpolation evaluates the cubic B-spline on its four taps only
+    from inference import detect
+
+    rng = np.random.default_rng(3)
+    for n, step in ((39, 0.7), (61, 1.3), (9, 0.2)):
+        centres = n / 2 + rng.uniform(-n / 2 - 3, n / 2 + 3, 40)
+        centres[:3] = [n // 2, 0.0, n - 1.0]  # integer points: a tap on the support's edge
+        full = np.stack([detect._interp_matrix(n, c, step) for c in centres])
+        assert np.array_equal(detect._interp_matrices(n, centres, step), full)
 
 
 def test_peaks_use_a_dilation_equal_to_the_maximum_filter():
