@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from holography.parallel import in_worker
+from holography.propagation import SERIAL_KERNEL_SAMPLES as SERIAL_SAMPLES
 from holography.propagation import Propagator
 
 #: a focus curve whose peak stands less than this fraction above its median is
@@ -123,8 +123,8 @@ def tamura_of_gradient(field: np.ndarray) -> float:
         ``sqrt(std(G) / mean(G))``; larger is sharper.
     """
     f = np.asarray(field)
-    # on an analysis thread, or for a small field, the kernels run serially (parallel.in_worker)
-    serial = in_worker() or f.size <= 256 * 256
+    # small fields (a cell's window) serially: a parallel launch costs more than the work
+    serial = f.size <= SERIAL_SAMPLES
     if np.iscomplexobj(f):
         amp = np.empty(f.shape, np.float32)
         (_amplitude_serial if serial else _amplitude)(f, amp)

@@ -12,7 +12,6 @@ threaded run gives the same numbers as a serial one.
 from __future__ import annotations
 
 import os
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,24 +27,6 @@ FFT_WORKERS_IN_THREAD = 1
 
 _threads = max(1, int(os.environ.get("HOLODIFF_THREADS", "0") or 0)
                or min(4, os.cpu_count() or 1))
-
-
-_local = threading.local()
-
-
-def in_worker() -> bool:
-    """Whether this code runs on one of :func:`ordered_map`'s threads.
-
-    Its sibling threads hold the other cores, so parallel kernels (numba)
-    should run serially there: a nested parallel launch only adds overhead
-    (oversubscription, the thread pool's spin-waits).
-    """
-    return getattr(_local, "worker", False)
-
-
-def _as_worker(fn, x):
-    _local.worker = True
-    return fn(x)
 
 
 def threads() -> int:
@@ -80,13 +61,13 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, threads: int | None
     with ThreadPoolExecutor(max_workers=threads) as pool:
         pending = deque()
         for x in it:
-            pending.append(pool.submit(_as_worker, fn, x))
+            pending.append(pool.submit(fn, x))
             if len(pending) >= limit:
                 break
         while pending:
             result = pending.popleft().result()
             for x in it:
-                pending.append(pool.submit(_as_worker, fn, x))
+                pending.append(pool.submit(fn, x))
                 break
             yield result
 

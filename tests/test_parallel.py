@@ -71,17 +71,10 @@ def test_row_bands_equal_the_whole_frame(fn, halo):
     assert not np.array_equal(parallel.by_row_bands(fn, a, 0, threads=3), whole)
 
 
-def test_worker_threads_know_they_are_workers():
-    assert not parallel.in_worker()
-    assert list(parallel.ordered_map(lambda _: parallel.in_worker(), range(3), threads=2)) == \
-        [True] * 3
-    assert not parallel.in_worker()
-
-
 @pytest.mark.parametrize("shape", [(64, 64), (300, 260), (520, 512)])
 def test_serial_kernels_equal_the_parallel_ones(shape):
-    # the analysis's threads run numba kernels serially (no nested parallel launch): the
-    # numbers must not depend on which variant ran, nor on how many threads numba has
+    # small grids run the numba kernels serially: the numbers must not depend on which
+    # variant ran, nor on how many threads numba has
     from holography import focus, propagation
 
     rng = np.random.default_rng(shape[0])
