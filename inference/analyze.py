@@ -81,10 +81,7 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
     crops = det.plain_crops if det.plain_crops is not None else det.crops
     t_det = time.perf_counter() - t
     t = time.perf_counter()
-    if len(det.candidates):
-        probs, vols = clf(crops)
-    else:
-        probs = vols = []
+    probs, vols = clf.classify_candidates(det.candidates, crops)
     chamber_eq = cap.chamber.height_um / N_MEDIUM
     calls = call_cells(det.candidates, probs, vols, clf.classes, chamber_eq_um=chamber_eq,
                        train_priors=clf.train_priors)
@@ -111,8 +108,9 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
     if opt.cells:
         result["cells"] = cell_records(calls)
         if len(det.candidates):
-            for rec, ph in zip(result["cells"], peak_phase(crops), strict=True):
-                rec["phase_rad"] = round(float(ph), 3)
+            for rec, ph, c in zip(result["cells"], peak_phase(crops), det.candidates,
+                                  strict=True):
+                rec["phase_rad"] = None if c.faint else round(float(ph), 3)
             slot_wl = {slot_of(cap.wavelength_nm(led)): cap.wavelength_nm(led) for led in cap.leds}
             slot_wl = {s: w for s, w in slot_wl.items() if s is not None and det.slots_present[s]}
             if det.enhancement and slot_wl:

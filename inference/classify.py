@@ -142,3 +142,21 @@ class Classifier:
             probs[i:i + batch] = p
             vol[i:i + batch] = v
         return probs, vol
+
+    def classify_candidates(self, candidates: list, crops: np.ndarray) -> tuple[np.ndarray,
+                                                                                np.ndarray]:
+        """:meth:`__call__` on the crops of the candidates that are not ``faint``.
+
+        Faint candidates (too faint for a white cell, never refocused: zero crops)
+        get no call from the network: their rows are zero probabilities and NaN
+        volume (``inference.result.call_cells`` rejects them).
+        """
+        n = len(candidates)
+        probs = np.zeros((n, len(self.classes)), np.float32)
+        vols = np.full(n, np.nan, np.float32)
+        keep = np.flatnonzero([not getattr(c, "faint", False) for c in candidates])
+        if len(keep):
+            # the detection puts the faint candidates last: a view, not a copy, of the rest
+            sel = crops[:len(keep)] if keep[-1] == len(keep) - 1 else crops[keep]
+            probs[keep], vols[keep] = self(sel)
+        return probs, vols

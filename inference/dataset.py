@@ -189,7 +189,9 @@ def label_detections(det: Detections, truth: dict, shape: tuple[int, int]) -> La
     feats = np.array([[c.peak, c.diameter_um, c.depth_um, c.sharpness] for c in det.candidates],
                      np.float32).reshape(-1, 4)
     plain = det.plain_crops if det.plain_crops is not None else det.crops
-    return Labelled(det.crops, labels, vol, depth, clump, feats, plain)
+    # faint candidates never reach the classifier (inference.detect.FAINT_PEAK_RATIO)
+    k = np.flatnonzero([not c.faint for c in det.candidates])
+    return Labelled(det.crops[k], labels[k], vol[k], depth[k], clump[k], feats[k], plain[k])
 
 
 def analyse_for_training(capture_dir: Path, *, enhanced: bool = True

@@ -92,7 +92,7 @@ def _detections(path: Path, fresh: bool):
     if cache.exists() and not fresh:
         with np.load(cache, allow_pickle=False) as z:
             names = [str(x) for x in z["names"]]
-            cands = [Candidate(**{n: (bool(v) if n in ("edge", "clump") else float(v))
+            cands = [Candidate(**{n: (bool(v) if n in ("edge", "clump", "faint") else float(v))
                                   for n, v in zip(names, row, strict=True)}) for row in z["cands"]]
             det = Detections(cands, z["crops"].astype(np.float32), tuple(bool(b) for b in z["slots"]),
                              float(z["thr"]), float(z["pixel_um"]), float(z["area"]),
@@ -145,8 +145,9 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
             t = time.perf_counter()
             crops = det.plain_crops if det.plain_crops is not None and not clf.enhanced_crops \
                 else det.crops
-            probs, vols = clf(crops) if len(det.candidates) else (np.zeros((0, 6)), np.zeros(0))
-            a["crops_per_s"].append(len(det.candidates) / max(time.perf_counter() - t, 1e-9))
+            probs, vols = clf.classify_candidates(det.candidates, crops)
+            seen = sum(1 for c in det.candidates if not c.faint)
+            a["crops_per_s"].append(seen / max(time.perf_counter() - t, 1e-9))
             calls = call_cells(det.candidates, probs, vols, clf.classes,
                                chamber_eq_um=chamber["height_um"] / N_MEDIUM,
                                train_priors=clf.train_priors)

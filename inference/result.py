@@ -62,6 +62,8 @@ MDW_HIGH_CV_PCT = 20.0
 OUTSIDE_MARGIN_UM = 12.0
 #: larger than this (um) is not one white cell (bubble, big debris)
 MAX_DIAMETER_UM = 20.0
+#: why a candidate too faint to be a white cell (inference.detect.FAINT_PEAK_RATIO) is not counted
+FAINT_REASON = "too faint for a white cell"
 
 FLAG_TEXT = {
     "EMPTY_CHAMBER": "No cells found: the chamber is empty or was not filled. Fill a new chamber "
@@ -175,12 +177,21 @@ def call_cells(candidates: list, probs: np.ndarray, volumes: np.ndarray, classes
     With ``train_priors`` the posteriors are first adapted to this sample's
     class mix (:func:`adapt_priors`).
     """
+    faint = np.array([bool(getattr(c, "faint", False)) for c in candidates], bool)
+    probs = np.asarray(probs, np.float32).reshape(len(candidates), len(classes))
     raw = [classes[int(np.argmax(p))] for p in probs]
-    if train_priors is not None and len(probs):
-        probs, _ = adapt_priors(probs, train_priors)
+    if train_priors is not None and not faint.all():
+        # the sample's class mix is estimated on the candidates the network saw
+        probs = probs.copy()
+        probs[~faint], _ = adapt_priors(probs[~faint], train_priors)
     wbc_idx = [classes.index(c) for c in WBC_CLASSES]
     calls = []
-    for c, p, v, r in zip(candidates, probs, volumes, raw, strict=True):
+    for c, p, v, r, f in zip(candidates, probs, volumes, raw, faint, strict=True):
+        if f:
+            calls.append(CellCall(x=c.x, y=c.y, cls=None, confidence=0.0,
+                                  diameter_um=c.diameter_um, volume_fl=math.nan,
+                                  depth_um=c.depth_um, clump=c.clump, reject_reason=FAINT_REASON))
+            continue
         best = int(np.argmax(p))
         w = int(wbc_idx[int(np.argmax(p[wbc_idx]))])
         reason = None
@@ -344,13 +355,16 @@ def summarise(calls: list[CellCall], *, imaged_area_mm2: float, chamber_height_u
 
 def cell_records(calls: list[CellCall]) -> list[dict[str, Any]]:
     """The ``cells`` list of the result (``--cells``)."""
+    def num(v: float, nd: int) -> float | None:
+        return round(v, nd) if math.isfinite(v) else None  # a faint candidate was never sized
+
     out = []
     for c in calls:
         rec: dict[str, Any] = {"x": round(c.x, 1), "y": round(c.y, 1), "class": c.cls,
                                "confidence": round(c.confidence, 3),
-                               "diameter_um": round(c.diameter_um, 2),
+                               "diameter_um": num(c.diameter_um, 2),
                                "volume_fl": round(c.volume_fl, 1) if c.cls else None,
-                               "depth_um": round(c.depth_um, 1), "clump": c.clump}
+                               "depth_um": num(c.depth_um, 1), "clump": c.clump}
         if c.reject_reason:
             rec["reject_reason"] = c.reject_reason
         out.append(rec)

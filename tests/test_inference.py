@@ -16,7 +16,13 @@ from holography.simulate import Optics, SimConfig, simulate_capture
 from inference.analyze import AnalysisOptions, analyze_capture
 from inference.classify import DEFAULT_MODEL, Classifier, ModelError
 from inference.dataset import CLASSES, OTHER, label_detections, match, random_config
-from inference.detect import CROP_SIZE, N_CHANNELS, detect_in_capture
+from inference.detect import (
+    CROP_SIZE,
+    FAINT_PEAK_RATIO,
+    N_CHANNELS,
+    Candidate,
+    detect_in_capture,
+)
 from inference.result import (
     _rounded_percentages,
     sd_interval,
@@ -25,10 +31,10 @@ from inference.result import (
 )
 
 
-def _detect(path, enhance=True):
+def _detect(path, enhance=True, **kw):
     cap = read_capture(path)
     rec = reconstruct_capture(cap)
-    det = detect_in_capture(cap, rec, enhance=enhance)
+    det = detect_in_capture(cap, rec, enhance=enhance, **kw)
     truth = json.loads((path / "truth.json").read_text())
     return cap, rec, det, truth
 
@@ -132,6 +138,48 @@ def test_detection_finds_the_white_cells(three_led):
     kinds = [truth["objects"][j]["kind"] for j in idx if j >= 0]
     n_plt = sum(o["kind"] == "platelet" for o in truth["objects"])
     assert kinds.count("platelet") < 0.1 * n_plt
+    # faint candidates: the weakest, last, never refocused (zero crops), and no white cell
+    faint = np.array([c.faint for c in det.candidates])
+    assert 0 < faint.sum() < len(faint)
+    assert not faint[:faint.argmax()].any() and faint[faint.argmax():].all()
+    peaks = np.array([c.peak for c in det.candidates])
+    assert peaks[faint].max() < FAINT_PEAK_RATIO * det.threshold <= peaks[~faint].min()
+    assert not det.crops[faint].any() and det.crops[~faint].any(axis=(1, 2, 3)).all()
+    assert all(math.isnan(c.depth_um) for c in np.array(det.candidates)[faint])
+    faint_wbc = [j for j, f in zip(idx, faint, strict=True) if f and j in set(wbc)]
+    assert len(faint_wbc) <= 0.01 * len(wbc)
+    # with the ratio at 0 every candidate is refocused, the strong ones exactly as before
+    det0 = detect_in_capture(cap, reconstruct_capture(cap), enhance=True, faint_ratio=0.0)
+    assert not any(c.faint for c in det0.candidates)
+    k = int((~faint).sum())
+    assert np.array_equal(det0.crops[:k], det.crops[:k])
+
+
+def test_faint_candidates_are_rejected_and_left_out_of_the_sample_mix():
+    from inference.result import FAINT_REASON, adapt_priors, call_cells, cell_records
+
+    classes = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "other")
+    rng = np.random.default_rng(5)
+    strong = [Candidate(x=float(i), y=0.0, peak=1.0, distance_um=500.0, depth_um=5.0,
+                        diameter_um=8.0) for i in range(40)]
+    faint = [Candidate(x=100.0 + i, y=0.0, peak=0.01, faint=True) for i in range(60)]
+    probs = rng.dirichlet(np.ones(6), size=40).astype(np.float32)
+    vols = np.full(40, 300.0, np.float32)
+    priors = np.full(6, 1 / 6)
+    # the faint rows (zeros, NaN volume, as Classifier.classify_candidates gives them)
+    calls = call_cells(strong + faint, np.vstack([probs, np.zeros((60, 6), np.float32)]),
+                       np.r_[vols, np.full(60, np.nan, np.float32)], classes,
+                       chamber_eq_um=100.0, train_priors=priors)
+    assert all(c.cls is None and c.reject_reason == FAINT_REASON for c in calls[40:])
+    # the strong candidates' calls are those of the strong candidates alone
+    alone = call_cells(strong, probs, vols, classes, chamber_eq_um=100.0, train_priors=priors)
+    assert [(c.cls, c.reject_reason) for c in calls[:40]] == \
+        [(c.cls, c.reject_reason) for c in alone]
+    adapted, _ = adapt_priors(probs, priors)
+    assert calls[0].probabilities["other"] == pytest.approx(float(adapted[0, 5]))
+    recs = cell_records(calls)
+    assert recs[50]["diameter_um"] is None and recs[50]["depth_um"] is None
+    json.dumps(recs, allow_nan=False)  # valid JSON: no NaN for the never-sized candidates
 
 
 def _one_object_sample(kind: str, h_um: float, *, on_cover: bool = False) -> Sample:
@@ -171,11 +219,16 @@ def test_dust_on_the_cover_glass_is_outside_the_chamber(tmp_path):
     parts = np.concatenate([s.parts, cell.parts])
     sample = Sample(objects=obj, parts=parts, chamber_height_um=100.0, cover_glass_um=170.0)
     simulate_capture(tmp_path / "d", seed=5, config=cfg, sample=sample)
-    cap, rec, det, truth = _detect(tmp_path / "d")
+    # every candidate refocused (faint_ratio 0): the refocus puts the dust above the chamber
+    cap, rec, det, truth = _detect(tmp_path / "d", faint_ratio=0.0)
     dust_xy = (truth["objects"][0]["x_px"], truth["objects"][0]["y_px"])
     near = [c for c in det.candidates if math.dist((c.x, c.y), dust_xy) < 6]
     assert near, "dust was not detected"
     assert max(c.depth_um for c in near) > 100.0 / 1.335 + 12.0
+    # as the analysis runs, out of focus it is also too faint to be refocused; never counted
+    det = detect_in_capture(cap, reconstruct_capture(cap))
+    near = [c for c in det.candidates if math.dist((c.x, c.y), dust_xy) < 6]
+    assert near and all(c.faint or c.depth_um > 100.0 / 1.335 + 12.0 for c in near)
 
 
 # ---------------------------------------------------------------- classifier
@@ -212,15 +265,16 @@ def test_bad_models_are_refused(tmp_path, classifier):
 def test_classifier_on_held_out_crops(three_led, classifier):
     """Held-out conditions: the shipped model classifies most white cells; colour matters."""
     cap, rec, det, truth = _detect(three_led, enhance=classifier.enhanced_crops)
-    lab = label_detections(det, truth, cap.shape)
+    lab = label_detections(det, truth, cap.shape)  # the candidates the network sees
+    assert len(lab.labels) == sum(not c.faint for c in det.candidates)
     wbc = lab.labels != OTHER
-    probs, vol = classifier(det.crops)
+    probs, vol = classifier(lab.crops)
     pred = probs.argmax(1)
     acc = float((pred[wbc] == lab.labels[wbc]).mean())
     assert acc > 0.75, acc
     # the same crops with the blue and red slots swapped lose accuracy: the model uses colour
-    swapped = det.crops.copy()
-    swapped[:, 0:2], swapped[:, 4:6] = det.crops[:, 4:6], det.crops[:, 0:2]
+    swapped = lab.crops.copy()
+    swapped[:, 0:2], swapped[:, 4:6] = lab.crops[:, 4:6], lab.crops[:, 0:2]
     acc_swapped = float((classifier(swapped)[0].argmax(1)[wbc] == lab.labels[wbc]).mean())
     assert acc_swapped < acc - 0.05, (acc, acc_swapped)
     err = np.abs(vol[wbc] - lab.volume_fl[wbc]) / lab.volume_fl[wbc]
@@ -386,4 +440,7 @@ def test_evaluation_cache_gives_the_fresh_crops(three_led, tmp_path):
     assert cached.plain_crops.dtype == np.float32
     np.testing.assert_array_equal(cached.plain_crops, fresh.plain_crops)
     np.testing.assert_array_equal(cached.crops, fresh.crops)
-    assert [c.distance_um for c in cached.candidates] == [c.distance_um for c in fresh.candidates]
+    np.testing.assert_array_equal([c.distance_um for c in cached.candidates],
+                                  [c.distance_um for c in fresh.candidates])  # NaN: faint ones
+    assert [c.faint for c in cached.candidates] == [c.faint for c in fresh.candidates]
+    assert any(c.faint for c in cached.candidates)
