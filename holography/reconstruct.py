@@ -334,8 +334,7 @@ def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -
         props[int(k)] = prop
         coarse.append(res)
         # an inverse FFT of a band decimated by f is 1 / (2 f^2) of a pair
-        n_coarse, lp = len(res.coarse_distances_um), _coarse_lowpass(prop.shape)
-        evals += n_coarse / (2 * lp * lp) + (res.evaluations - n_coarse) / 8
+        evals += res.evaluations / 8  # a half-band inverse FFT is 1/8 of a pair
     found = [r.distance_um for r in coarse if r.found]
     if not found:
         reason = next((r.reason for r in coarse), "no tile")
@@ -463,8 +462,6 @@ def _colour_shift(capture: Capture, rec: Reconstruction, references: dict[str, F
     return Shift(dy=float(pred[0]), dx=float(pred[1]), peak=s.peak, residual_px=s.residual_px)
 
 
-#: decimation of the band in the coarse focus search (the fine search uses half the band)
-COARSE_LOWPASS = 4
 #: dies and colours are registered on the central REGISTER_PX square of the frames
 REGISTER_PX = 512
 
@@ -523,17 +520,6 @@ def register_led_dies(capture: Capture, ref_info: FrameInfo, reference: np.ndarr
                   left_out=list(left_out or []))
 
 
-def _coarse_lowpass(shape: tuple[int, ...]) -> int:
-    """Band decimation of the coarse focus search on a tile of ``shape``.
-
-    The coarse stage (30 um steps) needs only the low band: a quarter-band grid
-    on tiles of 1024 px and more (on 18 held-out test captures, each LED alone,
-    it found the same planes as the half band); smaller tiles keep the half band
-    (a lone red LED on a 512 px frame lost its focus on the quarter band).
-    """
-    return COARSE_LOWPASS if min(shape) >= 1024 else 2
-
-
 def _autofocus_z2(prop: Propagator, z_lo: float, z_hi: float, opt: ReconOptions, z1: float,
                   border: int) -> FocusResult:
     """Autofocus in sample-distance terms on a sensor-grid propagator (back-propagation)."""
@@ -541,8 +527,7 @@ def _autofocus_z2(prop: Propagator, z_lo: float, z_hi: float, opt: ReconOptions,
     d_lo, d_hi = sensor_distance(z_lo, z1), sensor_distance(z_hi, z1)
     mag = (z1 + 0.5 * (z_lo + z_hi)) / z1
     res = autofocus(prop, z_min_um=-d_hi, z_max_um=-d_lo, coarse_step_um=opt.coarse_step_um * mag,
-                    fine_step_um=opt.fine_step_um * mag, border=border,
-                    lowpass=_coarse_lowpass(prop.shape))
+                    fine_step_um=opt.fine_step_um * mag, border=border)
     if not res.found:
         return res
     return FocusResult(distance_um=_z2_from_d(-res.distance_um, z1), found=True,

@@ -70,6 +70,19 @@ def test_capture_far_from_its_nominal_distance_is_found(capdir):
     assert abs(rec.plane.distance_um - truth) < 8.0
 
 
+def test_focus_on_a_validation_capture_the_quarter_band_missed(tmp_path):
+    # a 1024 px IMX708 capture under training conditions (validation capture 10): a coarse
+    # search on the quarter band once locked on a plane 150 um too far (and flagged
+    # OUT_OF_FOCUS); the half band finds the floor
+    from inference.evaluate import make_test_captures
+
+    (d,) = make_test_captures(tmp_path, 1, size=1024, start=10, split="train", log=lambda m: None)
+    truth = json.loads((d / "truth.json").read_text())["optics"]["floor_distance_um"]
+    rec = reconstruct_capture(read_capture(d))
+    assert "OUT_OF_FOCUS" not in rec.flags
+    assert abs(rec.plane.distance_um - truth) < 8.0, (rec.plane.distance_um, truth)
+
+
 def test_capture_beyond_the_search_range_is_flagged_not_guessed(capdir):
     d = capdir("far", optics=Optics(nominal_error_um=+1500.0), seed=23)  # metadata says 2.4 mm
     rec = reconstruct_capture(read_capture(d), ReconOptions(search_um=1000.0))
