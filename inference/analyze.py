@@ -116,8 +116,9 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
             if det.enhancement and slot_wl:
                 # quantitative phase only from retrieved fields (the plain field's twin image
                 # biases the integral; measured in tests/benchmarks/bench_psr.py)
-                for rec, m in zip(result["cells"], dry_mass_pg(det.crops, slot_wl), strict=True):
-                    rec["dry_mass_pg"] = round(float(m), 1)
+                for rec, m, c in zip(result["cells"], dry_mass_pg(det.crops, slot_wl),
+                                     det.candidates, strict=True):
+                    rec["dry_mass_pg"] = None if c.faint else round(float(m), 1)
     if opt.gallery is not None and len(det.candidates):
         save_gallery(opt.gallery, crops, calls)
     return result
