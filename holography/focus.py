@@ -40,8 +40,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from holography.propagation import SERIAL_KERNEL_SAMPLES as SERIAL_SAMPLES
-from holography.propagation import Propagator
+from holography.propagation import SERIAL_KERNEL_SAMPLES, Propagator
 
 #: a focus curve whose peak stands less than this fraction above its median is
 #: taken as "no focus found". Measured on simulated captures: an empty chamber
@@ -124,7 +123,7 @@ def tamura_of_gradient(field: np.ndarray) -> float:
     """
     f = np.asarray(field)
     # small fields (a cell's window) serially: a parallel launch costs more than the work
-    serial = f.size <= SERIAL_SAMPLES
+    serial = f.size <= SERIAL_KERNEL_SAMPLES
     if np.iscomplexobj(f):
         amp = np.empty(f.shape, np.float32)
         (_amplitude_serial if serial else _amplitude)(f, amp)

@@ -85,8 +85,8 @@ def _asm_kernel_serial(out, dy, dx, inv_lambda, z, fy_lim, fx_lim):  # pragma: n
 #: up to this many samples a transfer function is built on the calling thread: starting the
 #: parallel kernel costs more than the work (a 64 x 64 cell window: 0.03 ms on one thread, over
 #: 1 ms through the thread pool while the analysis's other threads are busy). Larger grids keep
-#: the parallel kernel even on the analysis's threads: measured faster (full-sensor
-#: reconstruction, four interleaved runs: median 4.4 s against 4.6 s serial from 256 x 256)
+#: the parallel kernel even on the analysis's threads: full-sensor reconstruction, medians of
+#: four interleaved runs, 4.4 s so, 4.6 s serial up to 256 x 256, 4.7 s serial on every thread
 SERIAL_KERNEL_SAMPLES = 128 * 128
 
 

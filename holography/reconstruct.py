@@ -333,7 +333,6 @@ def reconstruct_capture(capture: Capture, options: ReconOptions | None = None) -
     for k, (prop, res) in zip(order, ordered_map(search, [int(k) for k in order]), strict=True):
         props[int(k)] = prop
         coarse.append(res)
-        # an inverse FFT of a band decimated by f is 1 / (2 f^2) of a pair
         evals += res.evaluations / 8  # a half-band inverse FFT is 1/8 of a pair
     found = [r.distance_um for r in coarse if r.found]
     if not found:

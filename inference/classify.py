@@ -154,7 +154,7 @@ class Classifier:
         n = len(candidates)
         probs = np.zeros((n, len(self.classes)), np.float32)
         vols = np.full(n, np.nan, np.float32)
-        keep = np.flatnonzero([not getattr(c, "faint", False) for c in candidates])
+        keep = np.flatnonzero([not c.faint for c in candidates])
         if len(keep):
             # the detection puts the faint candidates last: a view, not a copy, of the rest
             sel = crops[:len(keep)] if keep[-1] == len(keep) - 1 else crops[keep]

@@ -177,7 +177,7 @@ def call_cells(candidates: list, probs: np.ndarray, volumes: np.ndarray, classes
     With ``train_priors`` the posteriors are first adapted to this sample's
     class mix (:func:`adapt_priors`).
     """
-    faint = np.array([bool(getattr(c, "faint", False)) for c in candidates], bool)
+    faint = np.array([c.faint for c in candidates], bool)
     probs = np.asarray(probs, np.float32).reshape(len(candidates), len(classes))
     raw = [classes[int(np.argmax(p))] for p in probs]
     if train_priors is not None and not faint.all():
