@@ -90,10 +90,11 @@ CELL_SIGMA_UM = 1.5
 PEAK_SEPARATION_UM = 5.0
 #: candidates whose detection peak is below this many times the detection threshold are too faint
 #: to be white cells: they are counted as other objects without being refocused or classified.
-#: Measured on the held-out captures (32 of the three test sets: one-die 1024 px, four-die
-#: 512 px, full sensor; 12,080 white cells): at 2x, 2 white cells fall below it and 84 % of the
-#: other candidates (platelets, red-cell ghosts, noise) do; the weakest white cells sit 3.5-40x
-#: above the threshold in all but two captures, the other objects' median at 1.2-1.5x.
+#: Measured on the 32 held-out captures (one-die 1024 px, four-die 512 px, full sensor; 12,080
+#: white cells): at 2x, 2 white cells fall below it and 84 % of the other candidates (platelets,
+#: red-cell ghosts, noise) do; the weakest white cell of a capture sits at 3.5-40x the threshold
+#: in all but two captures (1.1x, 2.1x), the other objects' median at 1.2-1.6x in all but one
+#: (2.7x).
 FAINT_PEAK_RATIO = 2.0
 
 
