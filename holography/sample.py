@@ -27,10 +27,15 @@ Figures and where they come from (approximate; the simulator varies them):
   department patients", Crit. Care Med. 47(8):1018, 2019).
 - Platelets 150-400 x10^3/uL, ~2-3 um discs; a lysing reagent leaves few
   red-cell ghosts, faint thin discs ~7.5 um across.
+- White cells are hard spheres: settled ones form a monolayer on the floor and
+  can touch but not overlap, a clump is cells resting against one another, and
+  a floating cell may lie above another but not inside it (:class:`_HardSpheres`).
+  The other objects are small or faint and are placed independently.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -161,6 +166,44 @@ class Sample:
     cover_glass_um: float
 
 
+#: random positions tried for a white cell before the sample is declared too dense
+PLACE_TRIES = 1000
+
+
+class _HardSpheres:
+    """White cells placed so far, as spheres that must not interpenetrate.
+
+    Cells settled on the chamber floor form a monolayer: two of them can touch
+    but not overlap, and a floating cell cannot sit inside another. Each new
+    cell is placed at random where it overlaps none already placed (random
+    sequential adsorption of hard spheres: Feder, "Random sequential
+    adsorption", J. Theor. Biol. 87(2):237, 1980); at blood-cell densities the
+    floor is a few per cent covered, far below the jamming limit, so a free spot
+    is found in a few tries. The spheres sit in a grid of ``bin_um`` squares
+    (larger than any two radii together) for the neighbour look-up.
+    """
+
+    def __init__(self, bin_um: float = 20.0):
+        self.bin = bin_um
+        self.grid: dict[tuple[int, int], list[tuple[float, float, float, float]]] = {}
+
+    def fits(self, x: float, y: float, h: float, r: float) -> bool:
+        i, j = int(math.floor(x / self.bin)), int(math.floor(y / self.bin))
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                for x2, y2, h2, r2 in self.grid.get((i + di, j + dj), ()):
+                    if (x - x2) ** 2 + (y - y2) ** 2 + (h - h2) ** 2 < (r + r2) ** 2:
+                        return False
+        return True
+
+    def put(self, x: float, y: float, h: float, r: float) -> None:
+        if 2 * r > self.bin:
+            raise SimulationError(f"a white cell of {2 * r:.1f} um is larger than the placement "
+                                  f"grid ({self.bin:.0f} um)")
+        key = (int(math.floor(x / self.bin)), int(math.floor(y / self.bin)))
+        self.grid.setdefault(key, []).append((x, y, h, r))
+
+
 class _Builder:
     def __init__(self, rng: np.random.Generator, spec: SampleSpec):
         self.rng = rng
@@ -208,8 +251,12 @@ class _Builder:
                          lobe_r * rng.uniform(0.9, 1.1), 0.0, 0.0))
         return rows
 
-    def wbc(self, cls: str, x: float, y: float, h_floor: bool, height: float,
-            clump: int = -1) -> float:
+    def wbc(self, cls: str, spot, h_floor: bool, height: float, clump: int = -1) -> float:
+        """Draw a white cell of ``cls`` and place it where ``spot(r, h)`` says; its radius.
+
+        ``spot`` gets the cell's radius and the height of its centre and returns
+        ``(x, y)`` (see :class:`_HardSpheres`).
+        """
         rng, spec = self.rng, self.spec
         mean, sd = spec.monocyte_diameter_um if cls == "monocyte" else WBC_DIAMETER[cls]
         d = max(rng.normal(mean, sd), mean * 0.6) * spec.size_scale
@@ -246,6 +293,7 @@ class _Builder:
         else:  # pragma: no cover - guarded by callers
             raise SimulationError(f"unknown white-cell class {cls!r}")
         h = r if h_floor else rng.uniform(r, height - r)
+        x, y = spot(r, h)
         self.add(cls, x, y, h, r, r, dn_cyt, kappa, dn_nuc=dn_nuc, kappa_nuc=kappa_nuc,
                  lobes=lobes, grans=grans, clump=clump)
         return r
@@ -288,23 +336,46 @@ def make_sample(spec: SampleSpec, *, field_um: tuple[float, float, float, float]
     classes = list(spec.differential)
     probs = np.array([spec.differential[c] for c in classes])
     labels = rng.choice(len(classes), size=n_wbc, p=probs / probs.sum()) if n_wbc else []
+    cells = _HardSpheres()
+
+    def free_spot(r: float, h: float) -> tuple[float, float]:
+        for _ in range(PLACE_TRIES):
+            x, y = xy()
+            if cells.fits(x, y, h, r):
+                cells.put(x, y, h, r)
+                return x, y
+        raise SimulationError(f"{n_wbc} white cells do not fit in the chamber without overlapping; "
+                              "lower wbc_per_uL")
+
+    def clump_spot(members: list[tuple[float, float, float, float]], r: float,
+                   h: float) -> tuple[float, float]:
+        # each new member rests against one already there, touching it
+        for _ in range(PLACE_TRIES if members else 0):
+            px, py, ph, pr = members[int(rng.integers(len(members)))]
+            ang = rng.uniform(0, 2 * math.pi)
+            d = math.sqrt(max((pr + r) ** 2 - (ph - h) ** 2, 0.0)) * (1 + 1e-6)
+            x, y = px + d * math.cos(ang), py + d * math.sin(ang)
+            if cells.fits(x, y, h, r):
+                cells.put(x, y, h, r)
+                members.append((x, y, h, r))
+                return x, y
+        x, y = free_spot(r, h)
+        members.append((x, y, h, r))
+        return x, y
+
     clump_id = 0
     i = 0
     while i < n_wbc:
-        x, y = xy()
         floating = rng.random() < spec.floating_fraction
         if rng.random() < spec.clump_fraction and i + 1 < n_wbc:
             k = int(min(rng.integers(2, 5), n_wbc - i))
-            cx, cy = x, y
+            spot = functools.partial(clump_spot, [])
             for j in range(k):
-                r = b.wbc(classes[labels[i + j]], cx, cy, True, H, clump=clump_id)
-                ang = rng.uniform(0, 2 * math.pi)
-                cx += 2 * r * 0.95 * math.cos(ang)
-                cy += 2 * r * 0.95 * math.sin(ang)
+                b.wbc(classes[labels[i + j]], spot, True, H, clump=clump_id)
             clump_id += 1
             i += k
             continue
-        b.wbc(classes[labels[i]], x, y, not floating, H)
+        b.wbc(classes[labels[i]], free_spot, not floating, H)
         i += 1
     for _ in range(int(rng.poisson(spec.platelets_per_uL * blood_uL))):
         a = rng.uniform(0.9, 1.5)

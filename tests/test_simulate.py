@@ -43,6 +43,45 @@ def test_differential_and_sizes_follow_the_preset():
     assert d["lymphocyte"] < d["neutrophil"] < d["monocyte"]
 
 
+def test_white_cells_touch_but_never_interpenetrate():
+    """Settled cells form a monolayer and clumps are cells resting against each other."""
+    from dataclasses import replace
+
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(3)
+    spec = replace(get_spec("septic", rng), wbc_per_uL=60000.0, clump_fraction=0.2,
+                   floating_fraction=0.2)
+    s = make_sample(spec, field_um=(0.0, 0.0, 1500.0, 1500.0), chamber_height_um=100.0,
+                    dilution=10.0, rng=rng)
+    c = wbcs(s)
+    assert len(c) > 1000
+    xyz = np.stack([c["x_um"], c["y_um"], c["h_um"]], axis=1)
+    r = c["a_um"]
+    pairs = np.array(sorted(cKDTree(xyz).query_pairs(2 * r.max())))
+    gap = np.linalg.norm(xyz[pairs[:, 0]] - xyz[pairs[:, 1]], axis=1) - r[pairs[:, 0]] - r[pairs[:, 1]]
+    assert gap.min() > -1e-6  # no two cells overlap
+    # clump members each touch another member of their clump
+    same = (c["clump"][pairs[:, 0]] >= 0) & (c["clump"][pairs[:, 0]] == c["clump"][pairs[:, 1]])
+    touching = pairs[same & (gap < 1e-3)]
+    in_clumps = np.flatnonzero(c["clump"] >= 0)
+    assert len(in_clumps) > 100
+    assert set(in_clumps) == set(touching.ravel())
+    # settled cells rest on the floor
+    settled = c["h_um"] == r
+    assert 0.7 < settled.mean() < 0.9
+
+
+def test_an_impossibly_dense_sample_is_refused():
+    from dataclasses import replace
+
+    rng = np.random.default_rng(4)
+    spec = replace(get_spec("healthy", rng), wbc_per_uL=5e6, floating_fraction=0.0)
+    with pytest.raises(SimulationError, match="do not fit"):
+        make_sample(spec, field_um=(0.0, 0.0, 300.0, 300.0), chamber_height_um=100.0,
+                    dilution=10.0, rng=rng)
+
+
 def test_septic_monocytes_are_larger_and_more_varied():
     rng = np.random.default_rng(2)
     field = (0.0, 0.0, 8000.0, 8000.0)
