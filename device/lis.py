@@ -26,7 +26,7 @@ from typing import Any
 
 from device.errors import ExportError
 from holography.sample import WBC_CLASSES as CLASSES
-from inference.result import MDW_HIGH_CV_PCT
+from inference.result import MDW_HIGH_CV_PCT, REFERENCE_PCT
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
 PCT_LOINC = {"neutrophil": ("770-8", "Neutrophils/100 leukocytes in Blood by Automated count"),
@@ -43,10 +43,10 @@ WBC_LOINC = ("6690-2", "Leukocytes [#/volume] in Blood by Automated count")
 MDW_SD = ("HD-MDW-SD", "Monocyte distribution width (SD of monocyte volume)")
 MDW_CV = ("HD-MDW-CV", "Monocyte distribution width (CV of monocyte volume)")
 #: adult reference intervals (Dacie and Lewis Practical Haematology, 12th ed., table 2.1):
-#: WBC and absolute counts in 10^3/uL, percentages in %
+#: WBC and absolute counts in 10^3/uL, percentages in % (those the analysis's differential
+#: prior is made of, inference.result.REFERENCE_PCT)
 REFERENCE = {"wbc": (4.0, 11.0),
-             "neutrophil_pct": (40.0, 75.0), "lymphocyte_pct": (20.0, 45.0),
-             "monocyte_pct": (2.0, 10.0), "eosinophil_pct": (1.0, 6.0), "basophil_pct": (0.0, 2.0),
+             **{f"{c}_pct": REFERENCE_PCT[c] for c in CLASSES},
              "neutrophil_abs": (2.0, 7.0), "lymphocyte_abs": (1.0, 3.0),
              "monocyte_abs": (0.2, 1.0), "eosinophil_abs": (0.02, 0.5), "basophil_abs": (0.0, 0.1)}
 

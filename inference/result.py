@@ -58,6 +58,11 @@ DEBRIS_PER_UL = 15000.0
 LOW_CONFIDENCE_LIMIT = 0.10
 MDW_MIN_MONOCYTES = 30
 MDW_HIGH_CV_PCT = 20.0
+#: adult reference intervals of the differential, % (Dacie and Lewis Practical Haematology, 12th
+#: ed., table 2.1); the LIS export and the touchscreen show them, and they set the prior of
+#: :func:`differential_prior`
+REFERENCE_PCT = {"neutrophil": (40.0, 75.0), "lymphocyte": (20.0, 45.0), "monocyte": (2.0, 10.0),
+                 "eosinophil": (1.0, 6.0), "basophil": (0.0, 2.0)}
 #: a candidate deeper than the chamber by this much (air-equivalent um) sits on a window
 OUTSIDE_MARGIN_UM = 12.0
 #: larger than this (um) is not one white cell (bubble, big debris)
@@ -134,8 +139,30 @@ class CellCall:
     raw_call: str | None = None  # the network's own most probable class (before adaptation)
 
 
+def differential_prior() -> tuple[np.ndarray, float]:
+    """Mean and concentration of a Dirichlet prior of the 5-part differential (WBC_CLASSES order).
+
+    The mean is the centre of each class's adult reference interval
+    (:data:`REFERENCE_PCT`), normalised. Taking each interval as mean +- 1.96 SD,
+    a Dirichlet of concentration ``S`` has variance ``m (1 - m) / (S + 1)``; each
+    class gives its own ``S`` and the smallest (the neutrophils': about 30, the
+    widest spread) is used, so that the prior is no tighter than the least
+    certain class says. It describes healthy adults: a patient's differential
+    may lie far outside it, and a few hundred counted cells outweigh its 30
+    pseudo-cells wherever the network can tell the classes apart.
+    """
+    lo = np.array([REFERENCE_PCT[c][0] for c in WBC_CLASSES]) / 100.0
+    hi = np.array([REFERENCE_PCT[c][1] for c in WBC_CLASSES]) / 100.0
+    mean = (lo + hi) / 2
+    mean = mean / mean.sum()
+    var = ((hi - lo) / (2 * 1.96)) ** 2
+    return mean, float(np.min(mean * (1 - mean) / var - 1.0))
+
+
 def adapt_priors(probs: np.ndarray, train_priors: np.ndarray, *, iterations: int = 200,
-                 tol: float = 1e-7, pseudo_count: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                 tol: float = 1e-7, pseudo_count: float = 1.0,
+                 wbc_prior: tuple[np.ndarray, np.ndarray, float] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Adjust a classifier's posteriors to the class mix of this sample (EM).
 
     The network was trained on near-equal classes; a blood sample is mostly
@@ -145,6 +172,16 @@ def adapt_priors(probs: np.ndarray, train_priors: np.ndarray, *, iterations: int
     2002) estimates the sample's own class priors from the posteriors and
     re-weights every posterior by ``prior / training prior``. A pseudo-count per
     class keeps a rare class from being driven to exactly zero.
+
+    ``wbc_prior = (columns, mean, concentration)``: the M-step adds
+    ``concentration x mean`` pseudo-cells to the white-cell classes (``columns``
+    of ``probs``) and spreads them by their shares, which makes it the maximum a
+    posteriori estimate of the shares under a Dirichlet prior of parameters
+    ``1 + concentration x mean``; the other columns stay free. Where
+    the network cannot tell two classes apart (a sample's neutrophils looking
+    like eosinophils under some optics), the plain EM drifts along the flat
+    direction of the likelihood, to a differential no patient has; the prior
+    holds it near the population's. Without it, the plain EM.
 
     Returns
     -------
@@ -157,10 +194,21 @@ def adapt_priors(probs: np.ndarray, train_priors: np.ndarray, *, iterations: int
         return f.astype(np.float32), p0
     prior = p0.copy()
     post = f
+    if wbc_prior is not None:
+        cols = np.asarray(wbc_prior[0], int)
+        beta = float(wbc_prior[2]) * np.asarray(wbc_prior[1], np.float64)
+        rest = np.setdiff1d(np.arange(len(p0)), cols)
     for _ in range(iterations):
         w = f * (prior / p0)
         post = w / w.sum(axis=1, keepdims=True)
-        new = (post.sum(axis=0) + pseudo_count) / (len(f) + pseudo_count * len(p0))
+        n = post.sum(axis=0) + pseudo_count
+        if wbc_prior is None:
+            new = n / n.sum()
+        else:
+            share = (n[cols] + beta) / (n[cols].sum() + beta.sum())
+            new = np.empty_like(prior)
+            new[rest] = n[rest] / n.sum()
+            new[cols] = (1.0 - new[rest].sum()) * share
         done = float(np.abs(new - prior).max()) < tol
         prior = new
         if done:
@@ -183,7 +231,10 @@ def call_cells(candidates: list, probs: np.ndarray, volumes: np.ndarray, classes
     if train_priors is not None and not faint.all():
         # the sample's class mix is estimated on the candidates the network saw
         probs = probs.copy()
-        probs[~faint], _ = adapt_priors(probs[~faint], train_priors)
+        mean, conc = differential_prior()
+        probs[~faint], _ = adapt_priors(
+            probs[~faint], train_priors,
+            wbc_prior=([classes.index(c) for c in WBC_CLASSES], mean, conc))
     wbc_idx = [classes.index(c) for c in WBC_CLASSES]
     calls = []
     for c, p, v, r, f in zip(candidates, probs, volumes, raw, faint, strict=True):

@@ -156,7 +156,7 @@ def test_detection_finds_the_white_cells(three_led):
 
 
 def test_faint_candidates_are_rejected_and_left_out_of_the_sample_mix():
-    from inference.result import FAINT_REASON, adapt_priors, call_cells, cell_records
+    from inference.result import FAINT_REASON, adapt_priors, call_cells, cell_records, differential_prior
 
     classes = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "other")
     rng = np.random.default_rng(5)
@@ -175,7 +175,8 @@ def test_faint_candidates_are_rejected_and_left_out_of_the_sample_mix():
     alone = call_cells(strong, probs, vols, classes, chamber_eq_um=100.0, train_priors=priors)
     assert [(c.cls, c.reject_reason) for c in calls[:40]] == \
         [(c.cls, c.reject_reason) for c in alone]
-    adapted, _ = adapt_priors(probs, priors)
+    mean, conc = differential_prior()
+    adapted, _ = adapt_priors(probs, priors, wbc_prior=(range(5), mean, conc))
     assert calls[0].probabilities["other"] == pytest.approx(float(adapted[0, 5]))
     recs = cell_records(calls)
     assert recs[50]["diameter_um"] is None and recs[50]["depth_um"] is None
@@ -384,6 +385,40 @@ def test_adapt_priors_recovers_the_sample_mix():
     assert np.allclose(adjusted.sum(1), 1.0, atol=1e-5)
     empty, p0 = adapt_priors(np.zeros((0, 4)), np.full(4, 1.0))
     assert empty.shape == (0, 4) and np.allclose(p0, 0.25)
+
+
+def _posteriors(rng, true_mix, centres, n, sd=0.5):
+    labels = rng.choice(len(true_mix), size=n, p=true_mix)
+    x = centres[labels] + rng.normal(0, sd, n)
+    lik = np.exp(-0.5 * ((x[:, None] - centres[None, :]) / sd) ** 2)
+    return lik / lik.sum(1, keepdims=True), labels
+
+
+def test_the_differential_prior_holds_classes_the_network_cannot_tell_apart():
+    from inference.result import REFERENCE_PCT, adapt_priors, differential_prior
+
+    mean, conc = differential_prior()
+    assert mean.sum() == pytest.approx(1.0)
+    assert mean[0] == pytest.approx(57.5 / 100.5)  # neutrophils: centre of 40-75 %
+    assert 25 < conc < 35  # set by the widest reference interval (neutrophils)
+    assert REFERENCE_PCT["neutrophil"] == (40.0, 75.0)
+    rng = np.random.default_rng(8)
+    five = (range(5), mean, conc)
+    # N, L, M, E, B + other; eosinophils look exactly like neutrophils (same centre)
+    centres = np.array([0.0, 3.0, 1.5, 0.0, 4.5, 6.0])
+    true_mix = np.array([0.55, 0.25, 0.05, 0.02, 0.01, 0.12])
+    post, _ = _posteriors(rng, true_mix, centres, 3000)
+    _, plain = adapt_priors(post, np.full(6, 1 / 6))
+    _, held = adapt_priors(post, np.full(6, 1 / 6), wbc_prior=five)
+    # the plain EM cannot split N from E and keeps the training ratio (half each)
+    assert plain[3] > 0.2
+    assert held[3] < 0.1 and held[0] > 0.45
+    # where the classes are distinct, a few hundred cells outweigh the prior: 15 % eosinophils
+    centres = np.array([0.0, 3.0, 1.5, 7.5, 4.5, 6.0])
+    true_mix = np.array([0.45, 0.20, 0.06, 0.15, 0.01, 0.13])
+    post, labels = _posteriors(rng, true_mix, centres, 400, sd=0.3)
+    _, held = adapt_priors(post, np.full(6, 1 / 6), wbc_prior=five)
+    assert held[3] == pytest.approx(np.mean(labels == 3), abs=0.02)
 
 
 @pytest.mark.parametrize("fault, flag", [("saturated", "SATURATED"), ("failed_led", "DARK_FRAME")])
