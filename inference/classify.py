@@ -97,8 +97,6 @@ class Classifier:
         counts = self.card.get("training", {}).get("class_counts")
         self.train_priors = (np.array([float(counts[c]) for c in self.classes])
                              if counts and all(c in counts for c in self.classes) else None)
-        conf = self.card.get("confusion_validation")
-        self.confusion_counts = np.array(conf["counts"], np.float64) if conf else None
         if data is None:
             data = self.path.read_bytes()
         opts = ort.SessionOptions()

@@ -153,7 +153,7 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
                                train_priors=clf.train_priors)
             s = summarise(calls, imaged_area_mm2=det.imaged_area_mm2,
                           chamber_height_um=chamber["height_um"], dilution=chamber["dilution"],
-                          qc_flags=[], confusion_counts=clf.confusion_counts)
+                          qc_flags=[])
             called_wbc = set()
             for k, c in enumerate(calls):
                 j = idx[k]
@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                          "(validation captures, seeds apart from the training set)")
     ap.add_argument("--write-confusion", action="store_true",
                     help="store the shipped model's raw confusion on these captures in its card "
-                         "(use with --split train: the analysis uses it for its intervals)")
+                         "(use with --split train: the card's record of how the network does "
+                         "under training conditions)")
     args = ap.parse_args(argv)
 
     def log(m: str) -> None:

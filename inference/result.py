@@ -8,11 +8,13 @@ Figures and limits
 - Confidence intervals: the union of the Wilson score interval of the count
   (Wilson, J. Am. Stat. Assoc. 22:209, 1927; recommended over the Wald interval
   by Brown, Cai & DasGupta, Stat. Sci. 16(2):101, 2001), which holds counting
-  error, and a misclassification-corrected interval: the network's own calls
-  corrected by its confusion on validation captures (the "matrix method" of
-  adjusted counting; Forman, "Quantifying counts and costs via
-  classification", Data Min. Knowl. Discov. 17(2):164, 2008),
-  with a delta-method variance (:func:`misclassification_intervals`).
+  error, and the interval of the sample's class mix as the network's
+  sample-adapted posteriors and the differential prior give it (a Laplace
+  approximation: :func:`mix_intervals`), which holds classification
+  ambiguity. (The "matrix method" of adjusted counting, the network's calls
+  corrected by its validation confusion, was used before: its confusion
+  matrix turned near-singular where eosinophils and basophils are both
+  mostly called something else, and the intervals went to 0-100 %.)
 - WBC per uL of blood: white cells counted / (imaged sample-plane area x
   chamber height / dilution).
 - MDW: standard deviation of the monocyte volumes (fL), every white cell
@@ -58,6 +60,8 @@ DEBRIS_PER_UL = 15000.0
 LOW_CONFIDENCE_LIMIT = 0.10
 MDW_MIN_MONOCYTES = 30
 MDW_HIGH_CV_PCT = 20.0
+#: pseudo-count per class of the sample-mix adaptation (keeps a rare class off exactly zero)
+PSEUDO_COUNT = 1.0
 #: adult reference intervals of the differential, % (Dacie and Lewis Practical Haematology, 12th
 #: ed., table 2.1); the LIS export and the touchscreen show them, and they set the prior of
 #: :func:`differential_prior`
@@ -159,6 +163,22 @@ def differential_prior() -> tuple[np.ndarray, float]:
     return mean, float(np.min(mean * (1 - mean) / var - 1.0))
 
 
+def _mix_estimate(n: np.ndarray, wbc: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """The M-step: class priors from the summed posteriors ``n`` (with their pseudo-counts).
+
+    ``wbc = (columns, beta)`` adds ``beta`` pseudo-cells to the white-cell
+    columns' shares; the other columns keep their own fraction.
+    """
+    if wbc is None:
+        return n / n.sum()
+    cols, beta = wbc
+    rest = np.setdiff1d(np.arange(len(n)), cols)
+    new = np.empty(len(n), np.float64)
+    new[rest] = n[rest] / n.sum()
+    new[cols] = (1.0 - new[rest].sum()) * (n[cols] + beta) / (n[cols].sum() + beta.sum())
+    return new
+
+
 def adapt_priors(probs: np.ndarray, train_priors: np.ndarray, *, iterations: int = 200,
                  tol: float = 1e-7, pseudo_count: float = 1.0,
                  wbc_prior: tuple[np.ndarray, np.ndarray, float] | None = None
@@ -197,18 +217,11 @@ def adapt_priors(probs: np.ndarray, train_priors: np.ndarray, *, iterations: int
     if wbc_prior is not None:
         cols = np.asarray(wbc_prior[0], int)
         beta = float(wbc_prior[2]) * np.asarray(wbc_prior[1], np.float64)
-        rest = np.setdiff1d(np.arange(len(p0)), cols)
     for _ in range(iterations):
         w = f * (prior / p0)
         post = w / w.sum(axis=1, keepdims=True)
-        n = post.sum(axis=0) + pseudo_count
-        if wbc_prior is None:
-            new = n / n.sum()
-        else:
-            share = (n[cols] + beta) / (n[cols].sum() + beta.sum())
-            new = np.empty_like(prior)
-            new[rest] = n[rest] / n.sum()
-            new[cols] = (1.0 - new[rest].sum()) * share
+        new = _mix_estimate(post.sum(axis=0) + pseudo_count,
+                            None if wbc_prior is None else (cols, beta))
         done = float(np.abs(new - prior).max()) < tol
         prior = new
         if done:
@@ -233,7 +246,7 @@ def call_cells(candidates: list, probs: np.ndarray, volumes: np.ndarray, classes
         probs = probs.copy()
         mean, conc = differential_prior()
         probs[~faint], _ = adapt_priors(
-            probs[~faint], train_priors,
+            probs[~faint], train_priors, pseudo_count=PSEUDO_COUNT,
             wbc_prior=([classes.index(c) for c in WBC_CLASSES], mean, conc))
     wbc_idx = [classes.index(c) for c in WBC_CLASSES]
     calls = []
@@ -262,47 +275,65 @@ def call_cells(candidates: list, probs: np.ndarray, volumes: np.ndarray, classes
     return calls
 
 
-def misclassification_intervals(raw_counts: np.ndarray, confusion_counts: np.ndarray,
-                                conf: float = 0.95) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Intervals of the true class proportions given the network's own calls and its confusion.
+def mix_intervals(posteriors: np.ndarray, classes: tuple[str, ...], conf: float = 0.95
+                  ) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[float, float]]]:
+    """Intervals of the sample's white-cell proportions from its adapted posteriors.
 
-    ``confusion_counts[i, j]`` counts white cells of true class ``i`` that the
-    network called ``j`` on validation captures (training conditions, seeds of
-    their own). With ``C`` its row-normalised form, the expected call
-    proportions are ``q = C^T pi``; ``pi = C^-T q`` is the misclassification-
-    corrected estimate (the "matrix method" of adjusted counting), and its
-    covariance combines the multinomial error of ``q`` and the error of ``C``
-    from its validation counts (delta method).
+    ``posteriors`` (N, K) are the sample-adapted class probabilities of every
+    candidate the network saw (:func:`call_cells`). The sample mix ``pi`` that
+    :func:`adapt_priors` estimates maximises ``sum_i log sum_k pi_k g_ik`` plus
+    the log of its Dirichlet prior (the differential prior on the white-cell
+    shares and the pseudo-counts); with the adapted posteriors
+    ``p_ik = pi_k g_ik / sum_m pi_m g_im`` its Hessian is
+    ``-sum_i p_ik p_il / (pi_k pi_l) - diag(a_k / pi_k^2)``, ``a`` the prior's
+    pseudo-cells. The inverse of its negative on the simplex (the observed
+    information; a Laplace approximation of the posterior of ``pi``) and the
+    delta method give the covariance of the white-cell shares and of the
+    3-part groups. Classes the network cannot tell apart leave the likelihood
+    flat between them and get wide intervals (held in by the prior);
+    well-separated ones get about the counting error. Neither holds a shift of
+    the network itself on optics it never saw (measured: README, Known limitations).
 
     Returns
     -------
     (lo, hi, groups)
-        Per-class bounds (fractions) and ``groups[name] = (lo, hi)`` for the
-        3-part groups.
+        Per-class bounds (fractions, WBC_CLASSES order) and
+        ``groups[name] = (lo, hi)`` for the 3-part groups.
     """
+    k5 = len(WBC_CLASSES)
+    none = (np.zeros(k5), np.ones(k5), {g: (0.0, 1.0) for g in THREE_PART})
+    P = np.asarray(posteriors, np.float64).reshape(-1, len(classes))
+    if not len(P):
+        return none
+    cols = np.array([classes.index(c) for c in WBC_CLASSES])
+    mean, conc = differential_prior()
+    a = np.full(len(classes), PSEUDO_COUNT)
+    a[cols] += conc * mean
+    pi = _mix_estimate(P.sum(axis=0) + PSEUDO_COUNT, (cols, conc * mean))
+    pi = np.maximum(pi, 1e-12)
+    Q = P / pi
+    info = Q.T @ Q + np.diag(a / pi ** 2)
+    K = len(classes)
+    # an orthonormal basis of the directions that keep sum(pi) = 1
+    Z = np.linalg.qr(np.c_[np.ones(K), np.eye(K)[:, :K - 1]])[0][:, 1:]
+    try:
+        cov = Z @ np.linalg.solve(Z.T @ info @ Z, Z.T)
+    except np.linalg.LinAlgError:
+        return none
+    w = pi[cols]
+    tot = float(w.sum())
+    share = w / tot
+    J = np.zeros((k5, K))
+    J[:, cols] = (np.eye(k5) - share[:, None]) / tot
+    cov5 = J @ cov @ J.T
     z = float(stats.norm.ppf(0.5 + conf / 2))
-    n = float(raw_counts.sum())
-    k = len(raw_counts)
-    rows = confusion_counts.sum(axis=1, keepdims=True).astype(np.float64)
-    C = confusion_counts / np.maximum(rows, 1.0)
-    if n <= 0:
-        return np.zeros(k), np.ones(k), {g: (0.0, 1.0) for g in THREE_PART}
-    q = raw_counts / n
-    P = np.linalg.pinv(C.T)
-    pi = P @ q
-    cov = P @ ((np.diag(q) - np.outer(q, q)) / n) @ P.T
-    for i in range(k):
-        ci = C[i]
-        cov_ci = (np.diag(ci) - np.outer(ci, ci)) / max(float(rows[i, 0]), 1.0)
-        cov += (pi[i] ** 2) * (P @ cov_ci @ P.T)
-    sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-    lo = np.clip(pi - z * sd, 0.0, 1.0)
-    hi = np.clip(pi + z * sd, 0.0, 1.0)
+    sd = np.sqrt(np.clip(np.diag(cov5), 0.0, None))
+    lo, hi = np.clip(share - z * sd, 0.0, 1.0), np.clip(share + z * sd, 0.0, 1.0)
     groups = {}
     for g, members in THREE_PART.items():
-        w = np.array([1.0 if c in members else 0.0 for c in WBC_CLASSES])
-        m, s = float(w @ pi), float(np.sqrt(max(w @ cov @ w, 0.0)))
-        groups[g] = (min(max(m - z * s, 0.0), 1.0), min(max(m + z * s, 0.0), 1.0))
+        v = np.array([1.0 if c in members else 0.0 for c in WBC_CLASSES])
+        m, sg = float(v @ share), math.sqrt(max(float(v @ cov5 @ v), 0.0))
+        groups[g] = (min(max(m - z * sg, 0.0), 1.0), min(max(m + z * sg, 0.0), 1.0))
     return lo, hi, groups
 
 
@@ -338,14 +369,12 @@ def monocyte_distribution_width(cells: list[CellCall]) -> dict[str, Any]:
 
 
 def summarise(calls: list[CellCall], *, imaged_area_mm2: float, chamber_height_um: float,
-              dilution: float, qc_flags: list[str],
-              confusion_counts: np.ndarray | None = None) -> dict[str, Any]:
+              dilution: float, qc_flags: list[str]) -> dict[str, Any]:
     """Counts, differentials with intervals, concentration, MDW and flags.
 
-    Each interval spans the Wilson interval of the reported count and, when the
-    model's validation confusion is known, the misclassification-corrected
-    interval of :func:`misclassification_intervals` (their union), so that it
-    holds both the counting and the classification uncertainty.
+    Each interval spans the Wilson interval of the reported count and the
+    interval of the sample mix from the posteriors (:func:`mix_intervals`; their
+    union), so that it holds both the counting and the classification uncertainty.
     """
     counted = [c for c in calls if c.cls is not None]
     counts = {k: sum(1 for c in counted if c.cls == k) for k in WBC_CLASSES}
@@ -355,9 +384,12 @@ def summarise(calls: list[CellCall], *, imaged_area_mm2: float, chamber_height_u
     c3 = {k: sum(counts[m] for m in members) for k, members in THREE_PART.items()}
     diff3 = _rounded_percentages(c3)
     wil3 = {k: wilson_interval(c3[k], n) for k in THREE_PART}
-    if confusion_counts is not None and n:
-        raw = np.array([sum(1 for c in calls if c.raw_call == k) for k in WBC_CLASSES], np.float64)
-        lo, hi, groups = misclassification_intervals(raw, np.asarray(confusion_counts, np.float64))
+    seen = [c for c in calls if c.probabilities]
+    if n and seen:
+        names = WBC_CLASSES + tuple(sorted({k for c in seen for k in c.probabilities}
+                                           - set(WBC_CLASSES)))
+        lo, hi, groups = mix_intervals(
+            np.array([[c.probabilities.get(k, 0.0) for k in names] for c in seen]), names)
         for i, k in enumerate(WBC_CLASSES):
             wil5[k] = (min(wil5[k][0], lo[i]), max(wil5[k][1], hi[i]))
         for g in THREE_PART:
