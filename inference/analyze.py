@@ -88,7 +88,7 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
     t_cls = time.perf_counter() - t
     summary = summarise(calls, imaged_area_mm2=det.imaged_area_mm2,
                         chamber_height_um=cap.chamber.height_um, dilution=cap.chamber.dilution,
-                        qc_flags=rec.flags)
+                        qc_flags=rec.flags, frame=(*cap.shape, det.pixel_um))
     details = {code: rec.flag_details.get(code, FLAG_TEXT.get(code, "")) for code in summary["flags"]}
     plane = rec.plane
     result: dict[str, Any] = {

@@ -153,7 +153,7 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
                                train_priors=clf.train_priors)
             s = summarise(calls, imaged_area_mm2=det.imaged_area_mm2,
                           chamber_height_um=chamber["height_um"], dilution=chamber["dilution"],
-                          qc_flags=[])
+                          qc_flags=[], frame=(*shape, det.pixel_um))
             called_wbc = set()
             for k, c in enumerate(calls):
                 j = idx[k]

@@ -121,6 +121,33 @@ def test_summary_flags_and_mdw():
     assert "CLUMPS" in clumped["flags"]
 
 
+def test_concentration_is_counted_in_a_frame_inside_the_image():
+    from inference.result import COUNT_GUARD_UM, CellCall
+
+    rng = np.random.default_rng(9)
+    rows, cols, px = 400, 600, 1.25  # 750 x 500 um
+    def cell(x, y):
+        return CellCall(x=float(x), y=float(y), cls="neutrophil", confidence=0.9, diameter_um=8,
+                        volume_fl=330.0, depth_um=3, clump=False, probabilities={"neutrophil": 1.0})
+    xs, ys = rng.uniform(-0.5, cols - 0.5, 3000), rng.uniform(-0.5, rows - 0.5, 3000)
+    inside = [cell(x, y) for x, y in zip(xs, ys, strict=True)]
+    # cells just outside the image, found with their centre on or past its edge
+    outside = [cell(-1.0, y) for y in rng.uniform(0, rows, 60)] + \
+              [cell(cols - 0.2, y) for y in rng.uniform(0, rows, 60)]
+    kw = dict(imaged_area_mm2=rows * cols * px * px * 1e-6, chamber_height_um=100.0, dilution=10.0,
+              qc_flags=[])
+    truth = 3000 / (kw["imaged_area_mm2"] * 100e-3 / 10.0)
+    plain = summarise(inside + outside, **kw)["wbc_per_uL"]
+    framed = summarise(inside + outside, frame=(rows, cols, px), **kw)["wbc_per_uL"]
+    assert plain > 1.03 * truth  # the border cells inflate the plain count
+    assert framed == pytest.approx(truth, rel=0.03)
+    # the frame lies COUNT_GUARD_UM inside: a cell that far in counts, one closer does not
+    g = COUNT_GUARD_UM / px
+    edge = summarise([cell(g - 0.5 + 0.01, 200), cell(g - 0.5 - 0.01, 200)], frame=(rows, cols, px), **kw)
+    frame_uL = (cols * px - 2 * COUNT_GUARD_UM) * (rows * px - 2 * COUNT_GUARD_UM) * 1e-6 * 1e-2
+    assert edge["wbc_per_uL"] == pytest.approx(1 / frame_uL, rel=1e-3)  # reported to 0.1/uL
+
+
 # ---------------------------------------------------------------- detection
 
 
