@@ -67,9 +67,10 @@ DEBRIS_PER_UL = 15000.0
 #: more than this fraction of white-cell candidates left unclassified: LOW_CONFIDENCE
 LOW_CONFIDENCE_LIMIT = 0.10
 MDW_MIN_MONOCYTES = 30
-#: the concentration's counting frame lies this far (um, sample plane) inside the image's edges
-COUNT_GUARD_UM = 8.0
 MDW_HIGH_CV_PCT = 20.0
+#: the concentration's counting frame lies this far (um, sample plane) inside the image's edges
+#: (the detection's own edge margin)
+COUNT_GUARD_UM = 8.0
 #: pseudo-count per class of the sample-mix adaptation (keeps a rare class off exactly zero)
 PSEUDO_COUNT = 1.0
 #: adult reference intervals of the differential, % (Dacie and Lewis Practical Haematology, 12th
