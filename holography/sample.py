@@ -349,10 +349,12 @@ def make_sample(spec: SampleSpec, *, field_um: tuple[float, float, float, float]
 
     def clump_spot(members: list[tuple[float, float, float, float]], r: float,
                    h: float) -> tuple[float, float]:
-        # each new member rests against one already there, touching it
+        # each new member rests against one already there, touching it (the first, or one
+        # with no room left around the others, starts anywhere free)
         for _ in range(PLACE_TRIES if members else 0):
             px, py, ph, pr = members[int(rng.integers(len(members)))]
             ang = rng.uniform(0, 2 * math.pi)
+            # centres r + pr apart in 3-D: the cells touch whatever their heights
             d = math.sqrt(max((pr + r) ** 2 - (ph - h) ** 2, 0.0)) * (1 + 1e-6)
             x, y = px + d * math.cos(ang), py + d * math.sin(ang)
             if cells.fits(x, y, h, r):
