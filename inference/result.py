@@ -413,21 +413,21 @@ def summarise(calls: list[CellCall], *, imaged_area_mm2: float, chamber_height_u
             wil3[g] = (min(wil3[g][0], groups[g][0]), max(wil3[g][1], groups[g][1]))
     ci5 = {k: [round(100 * b, 1) for b in wil5[k]] for k in WBC_CLASSES}
     ci3 = {k: [round(100 * b, 1) for b in wil3[k]] for k in THREE_PART}
-    low_conf = sum(1 for c in calls if c.reject_reason == "low confidence")
     # the concentration counts every white cell, classified or not
-    n_wbc = n + low_conf
+    white = [c for c in calls if c.cls is not None or c.reject_reason == "low confidence"]
+    n_wbc = len(white)
+    low_conf = n_wbc - n
     blood_uL = imaged_area_mm2 * chamber_height_um * 1e-3 / dilution
     wbc_per_uL = n_wbc / blood_uL if blood_uL > 0 else math.nan
     if frame is not None:
         rows, cols, px = frame
         g = COUNT_GUARD_UM / px  # pixels; the image spans -0.5 .. size - 0.5
-        inner = [c for c in calls if (c.cls is not None or c.reject_reason == "low confidence")
-                 and g - 0.5 <= c.x <= cols - 0.5 - g and g - 0.5 <= c.y <= rows - 0.5 - g]
+        inner = [c for c in white
+                 if g - 0.5 <= c.x <= cols - 0.5 - g and g - 0.5 <= c.y <= rows - 0.5 - g]
         frame_uL = (max(cols * px - 2 * COUNT_GUARD_UM, 0.0) * max(rows * px - 2 * COUNT_GUARD_UM, 0.0)
                     * 1e-6 * chamber_height_um * 1e-3 / dilution)
         wbc_per_uL = len(inner) / frame_uL if frame_uL > 0 else math.nan
-    mdw = monocyte_distribution_width(
-        [c for c in calls if c.cls is not None or c.reject_reason == "low confidence"])
+    mdw = monocyte_distribution_width(white)
     flags = list(qc_flags)
     if mdw["sd_fl"] is not None:
         if mdw["cv_pct"] > MDW_HIGH_CV_PCT:
