@@ -43,8 +43,11 @@ def _torch():
     return torch
 
 
-def make_net(n_channels: int, n_classes: int):
-    """The CNN (a torch module) with outputs (probabilities, volume fL)."""
+def make_net(n_channels: int, n_classes: int, width: int = 16):
+    """The CNN (a torch module) with outputs (probabilities, volume fL).
+
+    ``width``: channels of the first block (the others have 2x and 4x).
+    """
     torch = _torch()
     nn = torch.nn
 
@@ -57,8 +60,9 @@ def make_net(n_channels: int, n_classes: int):
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.features = nn.Sequential(block(n_channels, 16), block(16, 32), block(32, 64))
-            self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU())
+            self.features = nn.Sequential(block(n_channels, width), block(width, 2 * width),
+                                          block(2 * width, 4 * width))
+            self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(4 * width, 64), nn.ReLU())
             self.cls = nn.Linear(64, n_classes)
             self.vol = nn.Linear(64, 1)
 
@@ -103,7 +107,7 @@ def _augment(torch, x, gen):
 
 
 def train(data: dict, *, epochs: int = 40, batch: int = 256, seed: int = 0, lr: float = 3e-3,
-          log=print):
+          width: int = 16, log=print):
     """Train the network on a crop set (arrays of :func:`inference.dataset.build`)."""
     torch = _torch()
     torch.manual_seed(seed)
@@ -118,7 +122,7 @@ def train(data: dict, *, epochs: int = 40, batch: int = 256, seed: int = 0, lr: 
     counts = np.bincount(data["labels"], minlength=len(CLASSES)).astype(np.float64)
     weights = torch.tensor((counts.sum() / (len(CLASSES) * np.maximum(counts, 1))) ** 0.5,
                            dtype=torch.float32)
-    net = make_net(x.shape[1], len(CLASSES))
+    net = make_net(x.shape[1], len(CLASSES), width)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * math.ceil(len(y) / batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -205,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration-captures", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--width", type=int, default=16,
+                    help="channels of the network's first block (default: %(default)s)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--name", default="wbc5")
     ap.add_argument("--version", default="1.0.0")
@@ -250,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"crops: {'pixel super-resolution and phase retrieval' if args.enhanced_crops else 'plain fields'}")
     log(f"training on {len(data['labels'])} crops: "
         + ", ".join(f"{c} {int((data['labels'] == i).sum())}" for i, c in enumerate(CLASSES)))
-    net = train(data, epochs=args.epochs, seed=args.seed, log=log)
+    net = train(data, epochs=args.epochs, seed=args.seed, width=args.width, log=log)
     n_ch, size = data["crops"].shape[1], INPUT_SIZE
     fp32 = out / f"{args.name}.fp32.onnx"
     int8 = out / f"{args.name}.onnx"
@@ -286,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                                       for i, c in enumerate(CLASSES)},
                      "four_die_captures": sum(dies_of(i, args.enhanced_crops) > 1
                                               for i in range(args.captures)),
-                     "epochs": args.epochs, "seed": args.seed,
+                     "epochs": args.epochs, "seed": args.seed, "width": args.width,
                      "seconds": round(time.perf_counter() - t0, 1)},
     }
     (out / f"{args.name}.card.json").write_text(json.dumps(card, indent=1) + "\n")
