@@ -3,7 +3,7 @@
 :func:`analyze_capture` returns the ``holodiff-result/1`` object of
 INTERFACES.md section 2 (plus the additive keys documented in README:
 ``differential_5part_ci95``, ``differential_3part_ci95``, ``mdw.sd_ci95_fl``,
-``flag_details``, ``enhancement``, and per cell ``phase_rad`` and, with
+``flag_details``, ``under_counted``, ``enhancement``, and per cell ``phase_rad`` and, with
 ``phase``, ``dry_mass_pg``).
 """
 
@@ -23,7 +23,15 @@ from holography.reconstruct import ReconOptions, reconstruct_capture
 from holography.sample import N_MEDIUM
 from inference.classify import DEFAULT_MODEL, Classifier
 from inference.detect import CROP_PIXEL_UM, RETRIEVAL_ITERATIONS, detect_in_capture, slot_of
-from inference.result import FLAG_TEXT, FORMAT, call_cells, cell_records, summarise
+from inference.result import (
+    FLAG_TEXT,
+    FORMAT,
+    call_cells,
+    cell_records,
+    summarise,
+    under_counted,
+    under_counted_text,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,8 +96,11 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
     t_cls = time.perf_counter() - t
     summary = summarise(calls, imaged_area_mm2=det.imaged_area_mm2,
                         chamber_height_um=cap.chamber.height_um, dilution=cap.chamber.dilution,
-                        qc_flags=rec.flags, frame=(*cap.shape, det.pixel_um))
+                        qc_flags=rec.flags, frame=(*cap.shape, det.pixel_um),
+                        under=under_counted(clf.card))
     details = {code: rec.flag_details.get(code, FLAG_TEXT.get(code, "")) for code in summary["flags"]}
+    if "CONFIRM_DIFF" in details:
+        details["CONFIRM_DIFF"] = under_counted_text(summary["under_counted"])
     plane = rec.plane
     result: dict[str, Any] = {
         "format": FORMAT,

@@ -68,6 +68,9 @@ DEBRIS_PER_UL = 15000.0
 LOW_CONFIDENCE_LIMIT = 0.10
 MDW_MIN_MONOCYTES = 30
 MDW_HIGH_CV_PCT = 20.0
+#: a class the model finds at less than this fraction of its true number on the held-out
+#: captures (the recall in its card) is under-counted: CONFIRM_DIFF names it on every result
+UNDER_COUNTED_RECALL = 0.5
 #: the concentration's counting frame lies this far (um, sample plane) inside the image's edges
 #: (the detection's own edge margin)
 COUNT_GUARD_UM = 8.0
@@ -101,7 +104,46 @@ FLAG_TEXT = {
     "MDW_HIGH": "Monocyte distribution width is high: sepsis screen positive. Tell the doctor now.",
     "LOW_CONFIDENCE": "Many cells could not be classified with confidence. Repeat the test; if it "
                       "happens again, send the sample to the laboratory.",
+    "CONFIRM_DIFF": "Some white-cell types are under-counted by this analyzer: if they matter for "
+                    "this patient, send a tube to the laboratory.",
 }
+PLURAL = {"neutrophil": "neutrophils", "lymphocyte": "lymphocytes", "monocyte": "monocytes",
+          "eosinophil": "eosinophils", "basophil": "basophils"}
+
+
+def under_counted(card: dict[str, Any]) -> dict[str, float]:
+    """White-cell classes the model's card says it finds at less than :data:`UNDER_COUNTED_RECALL`.
+
+    The card's held-out accuracy (``holodiff evaluate --update-card``) of the
+    INT8 model, else of its only model; ``{class: recall}``. A card without a
+    held-out accuracy gives ``{}``: nothing was measured to warn about.
+    """
+    acc = card.get("accuracy")
+    if not isinstance(acc, dict):
+        return {}
+    rep = acc.get("int8")
+    if not isinstance(rep, dict):
+        reps = [v for v in acc.values() if isinstance(v, dict) and "per_class" in v]
+        rep = reps[0] if len(reps) == 1 else {}
+    per = rep.get("per_class") if isinstance(rep.get("per_class"), dict) else {}
+    out = {}
+    for c in WBC_CLASSES:
+        r = per.get(c, {}).get("recall") if isinstance(per.get(c), dict) else None
+        if isinstance(r, (int, float)) and math.isfinite(r) and r < UNDER_COUNTED_RECALL:
+            out[c] = float(r)
+    return out
+
+
+def under_counted_text(under: dict[str, float]) -> str:
+    """CONFIRM_DIFF's one line for a result: which classes, how far under, what to do."""
+    def listed(items: list[str]) -> str:
+        return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+    said = listed([PLURAL[c] for c in under])
+    found = listed([f"{100 * r:.0f} %" for r in under.values()])
+    return (f"{said[0].upper()}{said[1:]} are under-counted by this analyzer (found at {found} "
+            f"of their true number in testing): if they matter for this patient, send a tube to "
+            f"the laboratory.")
 
 
 def wilson_interval(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
@@ -381,7 +423,8 @@ def monocyte_distribution_width(cells: list[CellCall]) -> dict[str, Any]:
 
 def summarise(calls: list[CellCall], *, imaged_area_mm2: float, chamber_height_um: float,
               dilution: float, qc_flags: list[str],
-              frame: tuple[int, int, float] | None = None) -> dict[str, Any]:
+              frame: tuple[int, int, float] | None = None,
+              under: dict[str, float] | None = None) -> dict[str, Any]:
     """Counts, differentials with intervals, concentration, MDW and flags.
 
     ``frame = (rows, columns, um per pixel)`` of the image the candidates'
@@ -392,6 +435,10 @@ def summarise(calls: list[CellCall], *, imaged_area_mm2: float, chamber_height_u
     Each interval spans the Wilson interval of the reported count and the
     interval of the sample mix from the posteriors (:func:`mix_intervals`; their
     union), so that it holds both the counting and the classification uncertainty.
+
+    ``under``: the classes the model under-counts (:func:`under_counted`); a
+    result with a differential then carries CONFIRM_DIFF and lists them under
+    ``under_counted``.
     """
     counted = [c for c in calls if c.cls is not None]
     counts = {k: sum(1 for c in counted if c.cls == k) for k in WBC_CLASSES}
@@ -446,6 +493,9 @@ def summarise(calls: list[CellCall], *, imaged_area_mm2: float, chamber_height_u
         flags.append("DEBRIS")
     if n_wbc and low_conf / n_wbc > LOW_CONFIDENCE_LIMIT:
         flags.append("LOW_CONFIDENCE")
+    under = dict(under or {}) if n and n_wbc >= EMPTY_MAX_CELLS else {}
+    if under:
+        flags.append("CONFIRM_DIFF")
     return {
         "cells_detected": len(calls),
         "cells_classified": n,
@@ -458,6 +508,7 @@ def summarise(calls: list[CellCall], *, imaged_area_mm2: float, chamber_height_u
         "wbc_per_uL": round(wbc_per_uL, 1) if math.isfinite(wbc_per_uL) else None,
         "mdw": mdw,
         "flags": list(dict.fromkeys(flags)),
+        "under_counted": {c: round(r, 2) for c, r in under.items()},
     }
 
 

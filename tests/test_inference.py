@@ -121,6 +121,35 @@ def test_summary_flags_and_mdw():
     assert "CLUMPS" in clumped["flags"]
 
 
+def test_under_counted_classes_come_from_the_card_and_flag_every_differential():
+    from inference.result import UNDER_COUNTED_RECALL, under_counted, under_counted_text
+
+    per = {"neutrophil": 0.98, "lymphocyte": 0.97, "monocyte": 0.39, "eosinophil": 0.0068,
+           "basophil": 0.0}
+    card = {"accuracy": {"int8": {"per_class": {c: {"n": 10, "recall": r} for c, r in per.items()}},
+                         "fp32": {"per_class": {c: {"n": 10, "recall": 0.9} for c in per}},
+                         "test_set": {"captures": []}}}
+    under = under_counted(card)
+    assert list(under) == ["monocyte", "eosinophil", "basophil"]  # the INT8 figures, not FP32's
+    assert all(r < UNDER_COUNTED_RECALL for r in under.values())
+    text = under_counted_text(under)
+    assert text.startswith("Monocytes, eosinophils and basophils are under-counted")
+    assert "39 %, 1 % and 0 %" in text and "laboratory" in text
+    assert under_counted({}) == {} and under_counted({"accuracy": {"int8": {}}}) == {}
+    assert under_counted({"accuracy": {"int8": {"per_class": {"basophil": {"recall": None}}}}}) == {}
+    calls = _calls(WBC_CLASSES, [300, 150, 60, 20, 5])
+    s = summarise(calls, imaged_area_mm2=20.0, chamber_height_um=100.0, dilution=10.0,
+                  qc_flags=[], under=under)
+    assert s["flags"][-1] == "CONFIRM_DIFF" and s["under_counted"] == {
+        "monocyte": 0.39, "eosinophil": 0.01, "basophil": 0.0}
+    plain = summarise(calls, imaged_area_mm2=20.0, chamber_height_um=100.0, dilution=10.0,
+                      qc_flags=[])
+    assert "CONFIRM_DIFF" not in plain["flags"] and plain["under_counted"] == {}
+    empty = summarise([], imaged_area_mm2=20.0, chamber_height_um=100.0, dilution=10.0,
+                      qc_flags=[], under=under)
+    assert "CONFIRM_DIFF" not in empty["flags"]  # no differential, nothing to confirm
+
+
 def test_concentration_is_counted_in_a_frame_inside_the_image():
     from inference.result import COUNT_GUARD_UM, CellCall
 
@@ -329,6 +358,11 @@ def test_analyze_capture_result_format(three_led, classifier):
     rejected = [c for c in res["cells"] if c["class"] is None]
     assert all(c["reject_reason"] for c in rejected)
     assert "LOW_COUNT" in res["flags"]  # a 512 px frame holds far fewer than 200 white cells
+    # the shipped model's card says which classes it under-counts: every result names them
+    from inference.result import under_counted
+    under = under_counted(classifier.card)
+    assert "eosinophil" in under and res["under_counted"] == {c: round(r, 2) for c, r in under.items()}
+    assert "CONFIRM_DIFF" in res["flags"] and "eosinophils" in res["flag_details"]["CONFIRM_DIFF"].lower()
 
 
 def test_empty_chamber_is_flagged(capdir, classifier):

@@ -95,6 +95,12 @@ def test_whole_nurse_flow_from_log_in_to_result(app, qtbot, tmp_path):
     assert seen and max(seen) >= 90 and seen == sorted(seen)
     assert "MRN0042" in app.result.head.text() and "WBC" in app.result.wbc.text()
     assert app.result.table.rowCount() == 6 and app.result.scatter.cells
+    # the classes the model under-counts are marked, and the warning says what to do
+    marked = {app.result.table.item(i, 0).text() for i in range(6)
+              if app.result.table.item(i, 1).text().endswith(" *")}
+    assert marked and marked == set(app.result.res["under_counted"])
+    line = app.result.res["flag_details"]["CONFIRM_DIFF"]
+    assert "under-counted" in line and f"- * {line}" in app.result.flags.text()
     app.shot("13-result")
     app.result.tabs.setCurrentIndex(1)
     app.shot("14-result-plots")

@@ -57,6 +57,8 @@ FLAG_ADVICE = {
                 "now.",
     "LOW_CONFIDENCE": "Many cells could not be classified. Repeat the test; if it happens again, "
                       "send a tube to the laboratory.",
+    "CONFIRM_DIFF": "Some white-cell types (marked *) are under-counted by this analyzer: if they "
+                    "matter for this patient, send a tube to the laboratory.",
 }
 SAMPLE_FORMAT = "S-<7 digits><check digit>, e.g. S-12345674"
 

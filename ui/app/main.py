@@ -459,9 +459,11 @@ class ResultScreen(QWidget):
         rows.append(("granulocytes (3-part)", res["differential_3part"]["granulocyte"],
                      res["differential_3part_ci95"]["granulocyte"]))
         self.table.setRowCount(len(rows))
+        under = res.get("under_counted") or {}
         for i, (name, v, ci) in enumerate(rows):
             rlo, rhi = REFERENCE.get(name, (None, None))  # no cited interval for granulocytes
             mark = "" if rlo is None or rlo <= v <= rhi else (" L" if v < rlo else " H")
+            mark += " *" if name in under else ""
             for j, text in enumerate((name, f"{v:.1f}{mark}", f"{ci[0]:.1f}-{ci[1]:.1f}",
                                       f"{rlo:g}-{rhi:g}" if rlo is not None else "")):
                 self.table.setItem(i, j, QTableWidgetItem(text))
@@ -476,8 +478,11 @@ class ResultScreen(QWidget):
         self.banner.setText("SEPSIS SCREEN POSITIVE (high MDW): tell the doctor now."
                             if "MDW_HIGH" in flags else "")
         self.banner.setVisible("MDW_HIGH" in flags)
-        self.flags.setText("\n".join(f"- {FLAG_ADVICE.get(f, f)}" for f in flags)
-                           or "No warnings.")
+        # CONFIRM_DIFF names the under-counted types and how far under (the result's own line)
+        advice = {**FLAG_ADVICE, "CONFIRM_DIFF": "* " + res["flag_details"]["CONFIRM_DIFF"]
+                  if res.get("flag_details", {}).get("CONFIRM_DIFF")
+                  else FLAG_ADVICE["CONFIRM_DIFF"]}
+        self.flags.setText("\n".join(f"- {advice.get(f, f)}" for f in flags) or "No warnings.")
         cells = res.get("cells", [])
         self.scatter.set_cells(cells)
         self.hist.set_volumes([c["volume_fl"] for c in cells if c.get("class") == "monocyte"])
