@@ -5,7 +5,7 @@ One command regenerates the data sets and retrains (``holodiff train`` or
 onnxscript); nothing else in the project imports this module.
 
 The network is a small VGG-style CNN (three blocks of two 3x3 convolutions
-with batch normalisation, 16-32-64 channels, global average pooling) on the
+with batch normalisation, 16-32-64 channels by default (`--width`), global average pooling) on the
 central :data:`INPUT_SIZE` pixels of the crops with two heads: six class
 scores (five white cells and "other") and the logarithm of the cell volume.
 Training is seeded and deterministic on CPU; its log is saved next to the
