@@ -11,7 +11,8 @@ how well a perfect measurement of those three would classify them: the Bayes
 rule with Gaussian class conditionals fitted on one draw of cells and scored
 on another (quadratic discriminant; Duda, Hart & Stork, Pattern Classification,
 2nd ed., 2001, section 2.6), with the classes' prior the differential given.
-It is an upper bound for a classifier that sees nothing finer than these, and a
+It is an upper bound (as far as the Gaussian fits hold) for a classifier that sees
+nothing finer than these, and a
 yardstick for the network: a network above the size-and-optical-volume row
 reads more than those from its crops.
 
@@ -31,8 +32,6 @@ from dataclasses import replace
 import numpy as np
 
 from holography.sample import KIND_ID, WBC_CLASSES, SampleSpec, make_sample
-
-FEATURES = ("diameter_um", "log_optical_volume", "absorption_per_volume")
 
 
 def cell_features(cls: str, n: int, rng: np.random.Generator, *, vary_scale: bool) -> np.ndarray:
