@@ -11,10 +11,9 @@ how well a perfect measurement of those three would classify them: the Bayes
 rule with Gaussian class conditionals fitted on one draw of cells and scored
 on another (quadratic discriminant; Duda, Hart & Stork, Pattern Classification,
 2nd ed., 2001, section 2.6), with the classes' prior the differential given.
-It is an upper bound (as far as the Gaussian fits hold) for a classifier that sees
-nothing finer than these, and a
-yardstick for the network: a network above the size-and-optical-volume row
-reads more than those from its crops.
+It is an upper bound (as far as the Gaussian fits hold) for a classifier that
+sees nothing finer than these, and a yardstick for the network: a network above
+the size-and-optical-volume row reads more than those from its crops.
 
 Two rows per feature set: every sample with the simulator's nominal cell size
 and refractive index, and with them varied from sample to sample as
