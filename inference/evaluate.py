@@ -12,7 +12,8 @@ model:
 - per-cell 5-part and 3-part accuracy with confusion matrices (rows truth,
   columns call; cells rejected as "low confidence" are counted as errors);
 - volume error of correctly detected white cells (median absolute percent);
-- WBC per uL against the count implied by the imaged volume and the truth;
+- WBC per uL against the count implied by the imaged volume and the truth (the
+  true white cells in the analysis's counting frame over that frame's true volume);
 - coverage of the 95 % intervals: how often each capture's interval
   holds the sample's true proportion;
 - MDW against the truth's monocyte volume SD where enough monocytes were seen.
@@ -32,7 +33,14 @@ from holography.sample import N_MEDIUM, WBC_CLASSES
 from holography.simulate import simulate_capture
 from inference.classify import Classifier
 from inference.dataset import SEED_BASE, analyse_for_training, match, random_config
-from inference.result import MDW_MIN_MONOCYTES, THREE_PART, call_cells, summarise
+from inference.result import (
+    MDW_MIN_MONOCYTES,
+    THREE_PART,
+    call_cells,
+    counting_frame_mm2,
+    in_counting_frame,
+    summarise,
+)
 
 SENSORS_CYCLE = ("imx477", "imx708", "imx219")
 PRESETS_CYCLE = ("healthy", "random", "septic", "lymphocytosis", "eosinophilia", "random")
@@ -136,9 +144,13 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
         z1 = truth["optics"]["source_distance_um"]
         m_true = (z1 + truth["optics"]["floor_distance_um"]) / z1
         pitch = meta["sensor"]["pixel_pitch_um"]
-        area_true = shape[0] * shape[1] * (pitch / m_true) ** 2 * 1e-6
+        # the truth's count in the analysis's own counting frame, over that frame's true volume:
+        # what the imaged volume implies (cells in the border strip are not counted by either)
+        inner = [j for j in wbc_truth
+                 if in_counting_frame(objs[j]["x_px"], objs[j]["y_px"], *shape, det.pixel_um)]
+        area_true = counting_frame_mm2(*shape, det.pixel_um, true_px_um=pitch / m_true)
         blood_true = area_true * chamber["height_um"] * 1e-3 / chamber["dilution"]
-        implied = len(wbc_truth) / blood_true
+        implied = len(inner) / blood_true
         spec_diff = truth["sample"]["differential"] if isinstance(truth["sample"], dict) else None
         for name, clf in models.items():
             a = acc[name]

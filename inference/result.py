@@ -421,6 +421,28 @@ def monocyte_distribution_width(cells: list[CellCall]) -> dict[str, Any]:
     return out
 
 
+def in_counting_frame(x: float, y: float, rows: int, cols: int, px_um: float) -> bool:
+    """Whether pixel position ``(x, y)`` lies in the concentration's counting frame.
+
+    The frame is :data:`COUNT_GUARD_UM` (``px_um`` um per pixel) inside the
+    edges of a ``rows`` x ``cols`` image that spans -0.5 .. size - 0.5.
+    """
+    g = COUNT_GUARD_UM / px_um
+    return g - 0.5 <= x <= cols - 0.5 - g and g - 0.5 <= y <= rows - 0.5 - g
+
+
+def counting_frame_mm2(rows: int, cols: int, px_um: float, true_px_um: float | None = None
+                       ) -> float:
+    """Area (mm^2, sample plane) of the counting frame of :func:`in_counting_frame`.
+
+    ``true_px_um``: the frame laid out with ``px_um`` (the analysis's pixel
+    size) but measured with this one (the truth's, for the evaluation).
+    """
+    g = COUNT_GUARD_UM / px_um
+    side = true_px_um or px_um
+    return max(cols - 2 * g, 0.0) * max(rows - 2 * g, 0.0) * side ** 2 * 1e-6
+
+
 def summarise(calls: list[CellCall], *, imaged_area_mm2: float, chamber_height_um: float,
               dilution: float, qc_flags: list[str],
               frame: tuple[int, int, float] | None = None,
@@ -468,11 +490,8 @@ def summarise(calls: list[CellCall], *, imaged_area_mm2: float, chamber_height_u
     wbc_per_uL = n_wbc / blood_uL if blood_uL > 0 else math.nan
     if frame is not None:
         rows, cols, px = frame
-        g = COUNT_GUARD_UM / px  # pixels; the image spans -0.5 .. size - 0.5
-        inner = [c for c in white
-                 if g - 0.5 <= c.x <= cols - 0.5 - g and g - 0.5 <= c.y <= rows - 0.5 - g]
-        frame_uL = (max(cols * px - 2 * COUNT_GUARD_UM, 0.0) * max(rows * px - 2 * COUNT_GUARD_UM, 0.0)
-                    * 1e-6 * chamber_height_um * 1e-3 / dilution)
+        inner = [c for c in white if in_counting_frame(c.x, c.y, rows, cols, px)]
+        frame_uL = counting_frame_mm2(rows, cols, px) * chamber_height_um * 1e-3 / dilution
         wbc_per_uL = len(inner) / frame_uL if frame_uL > 0 else math.nan
     mdw = monocyte_distribution_width(white)
     flags = list(qc_flags)
