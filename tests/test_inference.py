@@ -177,7 +177,7 @@ def test_concentration_is_counted_in_a_frame_inside_the_image():
     assert edge["wbc_per_uL"] == pytest.approx(1 / frame_uL, rel=1e-3)  # reported to 0.1/uL
     # the evaluation lays the same frame out in the analysis's pixels and measures it in the truth's
     from inference.result import counting_frame_mm2
-    assert counting_frame_mm2(rows, cols, px) * 1e-1 == pytest.approx(frame_uL)
+    assert counting_frame_mm2(rows, cols, px) * 1e-2 == pytest.approx(frame_uL)  # 100 um, 1:10
     assert counting_frame_mm2(rows, cols, px, true_px_um=1.1 * px) == pytest.approx(
         1.21 * counting_frame_mm2(rows, cols, px))
 
