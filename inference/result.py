@@ -107,8 +107,6 @@ FLAG_TEXT = {
     "CONFIRM_DIFF": "Some white-cell types are under-counted by this analyzer: if they matter for "
                     "this patient, send a tube to the laboratory.",
 }
-PLURAL = {"neutrophil": "neutrophils", "lymphocyte": "lymphocytes", "monocyte": "monocytes",
-          "eosinophil": "eosinophils", "basophil": "basophils"}
 
 
 def under_counted(card: dict[str, Any]) -> dict[str, float]:
@@ -125,13 +123,11 @@ def under_counted(card: dict[str, Any]) -> dict[str, float]:
     if not isinstance(rep, dict):
         reps = [v for v in acc.values() if isinstance(v, dict) and "per_class" in v]
         rep = reps[0] if len(reps) == 1 else {}
-    per = rep.get("per_class") if isinstance(rep.get("per_class"), dict) else {}
-    out = {}
-    for c in WBC_CLASSES:
-        r = per.get(c, {}).get("recall") if isinstance(per.get(c), dict) else None
-        if isinstance(r, (int, float)) and math.isfinite(r) and r < UNDER_COUNTED_RECALL:
-            out[c] = float(r)
-    return out
+    per = rep.get("per_class")
+    per = per if isinstance(per, dict) else {}
+    recall = {c: per[c].get("recall") for c in WBC_CLASSES if isinstance(per.get(c), dict)}
+    return {c: float(r) for c, r in recall.items()
+            if isinstance(r, (int, float)) and math.isfinite(r) and r < UNDER_COUNTED_RECALL}
 
 
 def under_counted_text(under: dict[str, float]) -> str:
@@ -139,7 +135,7 @@ def under_counted_text(under: dict[str, float]) -> str:
     def listed(items: list[str]) -> str:
         return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
-    said = listed([PLURAL[c] for c in under])
+    said = listed([f"{c}s" for c in under])  # the five class names take a plain -s
     found = listed([f"{100 * r:.0f} %" for r in under.values()])
     return (f"{said[0].upper()}{said[1:]} are under-counted by this analyzer (found at {found} "
             f"of their true number in testing): if they matter for this patient, send a tube to "

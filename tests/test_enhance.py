@@ -202,9 +202,11 @@ def test_the_analysis_follows_the_models_crops(four_die):
     if not want_enhanced:  # the phase is measured, the classifier still sees its own crops
         assert forced["counts"] == res["counts"]
     # quantitative phase from the retrieved fields: a white cell's dry mass, tens of pg (on
-    # cells whose 64 px window lies in the 256 px frame: a cut hologram retrieves less)
+    # cells whose refocus window lies in the frame: a cut hologram retrieves less)
+    from inference.detect import WINDOW_PX
+    lo, hi = WINDOW_PX // 2, read_capture(four_die).shape[0] - 1 - WINDOW_PX // 2
     masses = [c["dry_mass_pg"] for c in forced["cells"]
-              if c["class"] and 32 <= c["x"] <= 223 and 32 <= c["y"] <= 223]
+              if c["class"] and lo <= c["x"] <= hi and lo <= c["y"] <= hi]
     assert len(masses) >= 3 and 20 < np.median(masses) < 200
     plain = analyze_capture(four_die, classifier=clf, options=AnalysisOptions(enhance=False,
                                                                               cells=True))
