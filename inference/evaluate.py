@@ -10,12 +10,19 @@ model:
 - detection recall and precision of white cells (one-to-one matching within
   :data:`inference.dataset.MATCH_UM`);
 - per-cell 5-part and 3-part accuracy with confusion matrices (rows truth,
-  columns call; cells rejected as "low confidence" are counted as errors);
+  columns call; cells rejected as "low confidence" are counted as errors), and
+  the accuracy's 95 % interval over captures (a capture's class mix moves it:
+  a set with many monocytes reads lower);
 - volume error of correctly detected white cells (median absolute percent);
 - WBC per uL against the count implied by the imaged volume and the truth (the
   true white cells in the analysis's counting frame over that frame's true volume);
 - coverage of the 95 % intervals: how often each capture's interval
-  holds the sample's true proportion;
+  holds the sample's true proportion (widened, as the analysis widens them, by
+  the method error in the model's card);
+- each share's error against the truth: its mean (bias) and the systematic
+  spread beyond counting error (:func:`fit_method_error`), which
+  ``--write-method-error`` stores in the card from a method-comparison set
+  (captures apart from the test set);
 - MDW against the truth's monocyte volume SD where enough monocytes were seen.
 """
 
@@ -39,12 +46,22 @@ from inference.result import (
     call_cells,
     counting_frame_mm2,
     in_counting_frame,
+    method_error,
     summarise,
+    widen,
 )
 
 SENSORS_CYCLE = ("imx477", "imx708", "imx219")
 PRESETS_CYCLE = ("healthy", "random", "septic", "lymphocytosis", "eosinophilia", "random")
 GRAN = {c: g for g, members in THREE_PART.items() for c in members}
+
+
+def capture_name(i: int, *, size: int, split: str = "test", dies: int = 1) -> str:
+    """The folder name of capture ``i`` of :func:`make_test_captures` (its sensor and preset)."""
+    sensor = SENSORS_CYCLE[i % len(SENSORS_CYCLE)]
+    preset = PRESETS_CYCLE[(i // len(SENSORS_CYCLE)) % len(PRESETS_CYCLE)]
+    return (f"{'test' if split == 'test' else 'val'}-{i:04d}-{sensor}-{preset}-"
+            f"{size or 'full'}{'' if dies == 1 else f'-{dies}die'}")
 
 
 def make_test_captures(out: Path, n: int, *, size: int, start: int = 0, split: str = "test",
@@ -63,14 +80,79 @@ def make_test_captures(out: Path, n: int, *, size: int, start: int = 0, split: s
         sensor = SENSORS_CYCLE[i % len(SENSORS_CYCLE)]
         preset = PRESETS_CYCLE[(i // len(SENSORS_CYCLE)) % len(PRESETS_CYCLE)]
         cfg = random_config(rng, split, size=(size, size) if size else None, sensor=sensor)
-        path = out / (f"{'test' if split == 'test' else 'val'}-{i:04d}-{sensor}-{preset}-"
-                      f"{size or 'full'}{'' if dies == 1 else f'-{dies}die'}")
+        path = out / capture_name(i, size=size, split=split, dies=dies)
         if not (path / "truth.json").exists():
             t = time.perf_counter()
             simulate_capture(path, preset=preset, seed=seed, config=cfg, n_dies=dies)
             log(f"simulated {path.name} in {time.perf_counter() - t:.0f} s")
         paths.append(path)
     return paths
+
+
+def fit_method_error(errors: np.ndarray, sampling_sd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bias and systematic SD of each column of share errors (percentage points).
+
+    ``errors[i, k]`` is capture ``i``'s reported minus true share of class
+    ``k``; ``sampling_sd[i, k]`` the SD its interval gives for counting and
+    classification ambiguity alone. The model is the random-effects one of a
+    method comparison (DerSimonian & Laird, Control. Clin. Trials 7(3):177,
+    1986): ``errors[i, k] ~ N(bias_k, sampling_sd[i, k]^2 + sd_k^2)``, fitted by
+    maximum likelihood, so that large captures (small sampling error) weigh in
+    as much as they should and small ones' wide intervals do not hide the
+    systematic part.
+
+    Returns
+    -------
+    (bias (K,), sd (K,))
+    """
+    from scipy.optimize import minimize
+
+    e = np.asarray(errors, np.float64)
+    s2 = np.asarray(sampling_sd, np.float64) ** 2
+    bias, sd = np.zeros(e.shape[1]), np.zeros(e.shape[1])
+    for k in range(e.shape[1]):
+        def nll(th, k=k):
+            v = s2[:, k] + th[1] ** 2 + 1e-6
+            return 0.5 * float(np.sum(np.log(v) + (e[:, k] - th[0]) ** 2 / v))
+
+        best = minimize(nll, [float(e[:, k].mean()), float(e[:, k].std()) + 0.1],
+                        method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-8})
+        bias[k], sd[k] = best.x[0], abs(best.x[1])
+    return bias, sd
+
+
+def _share_errors(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], names: tuple[str, ...]
+                  ) -> dict[str, dict[str, float]] | None:
+    """Per class or group: bias, systematic SD and their RMS (:func:`fit_method_error`)."""
+    if len(rows) < 3:
+        return None
+    err = np.array([r[0] for r in rows])
+    bias, sd = fit_method_error(err, np.array([r[1] for r in rows]))
+    return {k: {"bias_pct": round(float(b), 2), "sd_pct": round(float(d), 2),
+                "rms_pct": round(math.hypot(b, d), 2),
+                "rms_observed_pct": round(float(np.sqrt(np.mean(err[:, i] ** 2))), 2)}
+            for i, (k, b, d) in enumerate(zip(names, bias, sd, strict=True))}
+
+
+def _accuracy_interval(captures: list[list[tuple[int, int]]], same, conf: float = 0.95,
+                       draws: int = 2000) -> list[float] | None:
+    """Percentile bootstrap interval of the pooled per-cell accuracy, captures resampled.
+
+    The captures, not the cells, are the units: cells of one capture share its
+    optics and its class mix, and the accuracy moves with both (Efron &
+    Tibshirani, An Introduction to the Bootstrap, 1993, ch. 13). ``same(t, c)``
+    says whether call ``c`` counts as right for truth ``t``. Seeded: a rerun
+    gives the same interval.
+    """
+    if len(captures) < 2:
+        return None
+    n = np.array([len(c) for c in captures], np.float64)
+    ok = np.array([sum(1 for t, c in cap if same(t, c)) for cap in captures], np.float64)
+    idx = np.random.default_rng(0).integers(0, len(captures), (draws, len(captures)))
+    tot = n[idx].sum(axis=1)
+    rate = ok[idx].sum(axis=1) / np.maximum(tot, 1)
+    lo, hi = np.quantile(rate[tot > 0], [(1 - conf) / 2, (1 + conf) / 2])
+    return [round(float(lo), 4), round(float(hi), 4)]
 
 
 def _confusion(pairs: list[tuple[int, int]], k: int) -> np.ndarray:
@@ -129,7 +211,8 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
     K = len(WBC_CLASSES)
     acc: dict[str, dict[str, Any]] = {
         name: {"pairs": [], "vol_err": [], "wbc_ratio": [], "coverage5": [], "coverage3": [],
-               "mdw": [], "tp": 0, "fp": 0, "fn": 0, "crops_per_s": [],
+               "mdw": [], "tp": 0, "fp": 0, "fn": 0, "crops_per_s": [], "err5": [], "err3": [],
+               "captures": [],
                "raw_confusion": np.zeros((len(WBC_CLASSES), len(WBC_CLASSES)), np.int64)}
         for name in models}
     for path in captures:
@@ -154,6 +237,7 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
         spec_diff = truth["sample"]["differential"] if isinstance(truth["sample"], dict) else None
         for name, clf in models.items():
             a = acc[name]
+            first_pair = len(a["pairs"])
             t = time.perf_counter()
             crops = det.plain_crops if det.plain_crops is not None and not clf.enhanced_crops \
                 else det.crops
@@ -186,17 +270,28 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
                 elif is_wbc_call:
                     a["fp"] += 1
             a["fn"] += sum(1 for j in wbc_truth if j not in called_wbc)
+            a["captures"].append(a["pairs"][first_pair:])
             if s["wbc_per_uL"] and implied > 0:
                 a["wbc_ratio"].append(s["wbc_per_uL"] / implied)
             n = s["cells_classified"]
             if spec_diff and n >= 20:
-                for cls in WBC_CLASSES:
-                    lo, hi = s["differential_5part_ci95"][cls]
-                    a["coverage5"].append(lo - 0.05 <= 100 * spec_diff[cls] <= hi + 0.05)
-                for g, members in THREE_PART.items():
-                    lo, hi = s["differential_3part_ci95"][g]
-                    a["coverage3"].append(lo - 0.05 <= 100 * sum(spec_diff[m] for m in members)
-                                          <= hi + 0.05)
+                # the intervals before the method error (counting and ambiguity alone), and
+                # widened by it as the analysis widens them
+                method = method_error(clf.card)
+                z = 1.959964
+                for part, names, key, store in (
+                        ("5part", WBC_CLASSES, "differential_5part", "5"),
+                        ("3part", tuple(THREE_PART), "differential_3part", "3")):
+                    true = {k: 100 * spec_diff[k] for k in WBC_CLASSES} if part == "5part" else {
+                        g: 100 * sum(spec_diff[m] for m in THREE_PART[g]) for g in THREE_PART}
+                    err, sd = [], []
+                    for k in names:
+                        p, (lo, hi) = s[key][k], s[key + "_ci95"][k]
+                        err.append(p - true[k])
+                        sd.append(max(p - lo, hi - p) / z)
+                        lo, hi = widen(p, lo, hi, method[part].get(k, 0.0))
+                        a["coverage" + store].append(lo - 0.05 <= true[k] <= hi + 0.05)
+                    a["err" + store].append((np.array(err), np.array(sd)))
             mono_true = [o["volume_fl"] for o in objs if o["kind"] == "monocyte"
                          and 0 <= o["x_px"] < shape[1] and 0 <= o["y_px"] < shape[0]]
             if s["mdw"]["sd_fl"] is not None and len(mono_true) >= MDW_MIN_MONOCYTES:
@@ -229,6 +324,10 @@ def _report(a: dict[str, Any]) -> dict[str, Any]:
                       "true_positives": tp, "false_positives": fp, "missed": fn},
         "accuracy_5part": round(correct5 / n, 4) if n else None,
         "accuracy_3part": round(correct3 / n, 4) if n else None,
+        "accuracy_5part_ci95": _accuracy_interval(a["captures"], lambda t, c: t == c),
+        "accuracy_3part_ci95": _accuracy_interval(
+            a["captures"], lambda t, c: c < K and gran[t] == gran[c]),
+        "captures": len(a["captures"]),
         "per_class": per_class,
         "confusion_5part": {"rows_truth": list(WBC_CLASSES),
                             "columns_call": [*WBC_CLASSES, "unclassified"],
@@ -247,6 +346,9 @@ def _report(a: dict[str, Any]) -> dict[str, Any]:
         if len(mdw) else None,
         "crops_per_s": round(float(np.median(a["crops_per_s"])), 0) if a["crops_per_s"] else None,
         "raw_confusion_counts": a["raw_confusion"].tolist(),
+        "share_error": {"5part": _share_errors(a["err5"], WBC_CLASSES),
+                        "3part": _share_errors(a["err3"], tuple(THREE_PART)),
+                        "captures": len(a["err5"])},
     }
 
 
@@ -258,7 +360,9 @@ def format_report(rep: dict[str, Any]) -> str:
         lines.append(f"model {name}: {r['cells']} white cells matched")
         lines.append(f"  detection recall {d['recall']}, precision {d['precision']} "
                      f"({d['missed']} missed, {d['false_positives']} false)")
-        lines.append(f"  accuracy 5-part {r['accuracy_5part']}, 3-part {r['accuracy_3part']}")
+        lines.append(f"  accuracy 5-part {r['accuracy_5part']} (95 % over captures "
+                     f"{r['accuracy_5part_ci95']}), 3-part {r['accuracy_3part']} "
+                     f"({r['accuracy_3part_ci95']}); {r['captures']} captures")
         for cls, v in r["per_class"].items():
             lines.append(f"    {cls:<11} n={v['n']:<5} recall {v['recall']}  precision {v['precision']}")
         lines.append("  confusion (rows truth, columns call; last column unclassified):")
@@ -269,6 +373,12 @@ def format_report(rep: dict[str, Any]) -> str:
         lines.append(f"  WBC/uL vs implied by truth: {r['wbc_per_uL_ratio']}")
         lines.append(f"  95 % CI coverage: 5-part {r['ci_coverage_5part']}, 3-part "
                      f"{r['ci_coverage_3part']} ({r['ci_coverage_intervals']} intervals)")
+        for part in ("5part", "3part"):
+            se = r["share_error"][part]
+            if se:
+                lines.append(f"  {part} share error (points; bias, systematic SD, RMS): " + "; ".join(
+                    f"{k} {v['bias_pct']:+.1f}, {v['sd_pct']:.1f}, {v['rms_pct']:.1f}"
+                    for k, v in se.items()))
         lines.append(f"  MDW: {r['mdw']}")
         lines.append(f"  classifier throughput {r['crops_per_s']} crops/s")
     return "\n".join(lines)
@@ -300,6 +410,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="store the shipped model's raw confusion on these captures in its card "
                          "(use with --split train: the card's record of how the network does "
                          "under training conditions)")
+    ap.add_argument("--write-method-error", action="store_true",
+                    help="store the shipped model's share errors on these captures in its card "
+                         "as its method error, which widens every interval the analysis reports "
+                         "(a method-comparison set: test conditions, captures apart from the "
+                         "card's test set)")
     args = ap.parse_args(argv)
 
     def log(m: str) -> None:
@@ -307,10 +422,22 @@ def main(argv: list[str] | None = None) -> int:
 
     paths = args.model or [str(ONNX_MODEL), str(ONNX_MODEL.with_suffix(".fp32.onnx"))]
     models = {Path(p).name: Classifier(p) for p in paths if Path(p).exists()}
+    card_path = ONNX_MODEL.with_name(ONNX_MODEL.stem + ".card.json")
+    if args.write_method_error:
+        if args.split != "test":
+            raise SystemExit("--write-method-error needs --split test: the method error is "
+                             "measured under the conditions the analysis is tested in")
+        tested = json.loads(card_path.read_text()).get("accuracy", {}).get("test_set", {})
+        names = {capture_name(i, size=args.size, split=args.split, dies=args.dies)
+                 for i in range(args.start, args.start + args.captures)}
+        shared = sorted(names & set(tested.get("captures", [])))
+        if shared:
+            raise SystemExit(f"{shared[0]} is in the card's test set: measure the method error "
+                             "on other captures (--start past the test set's) so that the "
+                             "test set's coverage stays a test")
     caps = make_test_captures(Path(args.out), args.captures, size=args.size, start=args.start,
                               split=args.split, dies=args.dies, log=log)
     rep = evaluate(caps, models, log=log, fresh=args.fresh)
-    card_path = ONNX_MODEL.with_name(ONNX_MODEL.stem + ".card.json")
     if args.write_confusion:
         if args.split != "train":
             raise SystemExit("--write-confusion needs --split train (never the test conditions)")
@@ -322,6 +449,19 @@ def main(argv: list[str] | None = None) -> int:
             "command": "holodiff evaluate " + " ".join(argv or sys.argv[1:])}
         card_path.write_text(json.dumps(card, indent=1) + "\n")
         log(f"stored the validation confusion in {card_path}")
+    if args.write_method_error:
+        se = rep[ONNX_MODEL.name]["share_error"] if ONNX_MODEL.name in rep else None
+        if not se or not se["5part"]:
+            raise SystemExit("the method error needs the shipped model and at least 3 captures "
+                             "with 20 classified cells")
+        card = json.loads(card_path.read_text())
+        card["method_error"] = {
+            "5part": se["5part"], "3part": se["3part"], "units": "percentage points",
+            "model": "random effects, maximum likelihood (inference.evaluate.fit_method_error)",
+            "captures": [p.name for p in caps],
+            "command": "holodiff evaluate " + " ".join(argv or sys.argv[1:])}
+        card_path.write_text(json.dumps(card, indent=1) + "\n")
+        log(f"stored the method error in {card_path}")
     if args.update_card:
         card = json.loads(card_path.read_text())
         names = {ONNX_MODEL.name: "int8", ONNX_MODEL.with_suffix(".fp32.onnx").name: "fp32"}

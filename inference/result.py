@@ -15,6 +15,16 @@ Figures and limits
   corrected by its validation confusion, was used before: its confusion
   matrix turned near-singular where eosinophils and basophils are both
   mostly called something else, and the intervals went to 0-100 %.)
+  Neither part holds the network's own systematic error (a class it
+  absorbs into another), which does not shrink with the count: each
+  interval is widened by the model's method error, ``z x`` the RMS
+  systematic error of that class's share that a method comparison on
+  captures apart from every test set measured (``method_error`` in the
+  model card, :func:`method_error`), added in quadrature to each side
+  (the total error of a measurement as random plus systematic parts, as in
+  Westgard, Carey & Wold, Clin. Chem. 20(7):825, 1974; the comparison
+  itself as in CLSI EP09). A card without one leaves the intervals as
+  they were.
 - WBC per uL of blood: white cells counted / (imaged sample-plane area x
   chamber height / dilution), over a counting frame :data:`COUNT_GUARD_UM`
   inside the image's edges: a cell on the border is found with its centre
@@ -140,6 +150,43 @@ def under_counted_text(under: dict[str, float]) -> str:
     return (f"{said[0].upper()}{said[1:]} are under-counted by this analyzer (found at {found} "
             f"of their true number in testing): if they matter for this patient, send a tube to "
             f"the laboratory.")
+
+
+def method_error(card: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The model's method error from its card: ``{"5part": {class: pct}, "3part": {group: pct}}``.
+
+    Each figure is the RMS systematic error (percentage points) of that share,
+    ``sqrt(bias^2 + sd^2)`` of the card's ``method_error`` section
+    (``holodiff evaluate --write-method-error``). A card without the section,
+    or with a figure that is not a finite non-negative number, gives ``{}``
+    for that part: nothing measured, nothing added.
+    """
+    sec = card.get("method_error")
+    out: dict[str, dict[str, float]] = {"5part": {}, "3part": {}}
+    if not isinstance(sec, dict):
+        return out
+    for part, names in (("5part", WBC_CLASSES), ("3part", tuple(THREE_PART))):
+        rows = sec.get(part)
+        rows = rows if isinstance(rows, dict) else {}
+        for k in names:
+            v = rows.get(k, {}).get("rms_pct") if isinstance(rows.get(k), dict) else None
+            if isinstance(v, (int, float)) and math.isfinite(v) and v >= 0:
+                out[part][k] = float(v)
+    return out
+
+
+def widen(share: float, lo: float, hi: float, systematic: float, conf: float = 0.95
+          ) -> tuple[float, float]:
+    """An interval ``(lo, hi)`` about ``share`` widened by a systematic error (same units).
+
+    Each side's half-width and ``z x systematic`` add in quadrature (random and
+    systematic parts of a total error); the bounds stay within 0..100.
+    """
+    if not systematic > 0:
+        return lo, hi
+    e = float(stats.norm.ppf(0.5 + conf / 2)) * systematic
+    return (max(0.0, share - math.hypot(max(share - lo, 0.0), e)),
+            min(100.0, share + math.hypot(max(hi - share, 0.0), e)))
 
 
 def wilson_interval(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
@@ -442,7 +489,8 @@ def counting_frame_mm2(rows: int, cols: int, px_um: float, true_px_um: float | N
 def summarise(calls: list[CellCall], *, imaged_area_mm2: float, chamber_height_um: float,
               dilution: float, qc_flags: list[str],
               frame: tuple[int, int, float] | None = None,
-              under: dict[str, float] | None = None) -> dict[str, Any]:
+              under: dict[str, float] | None = None,
+              method: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """Counts, differentials with intervals, concentration, MDW and flags.
 
     ``frame = (rows, columns, um per pixel)`` of the image the candidates'
@@ -457,6 +505,9 @@ def summarise(calls: list[CellCall], *, imaged_area_mm2: float, chamber_height_u
     ``under``: the classes the model under-counts (:func:`under_counted`); a
     result with a differential then carries CONFIRM_DIFF and lists them under
     ``under_counted``.
+
+    ``method``: the model's method error (:func:`method_error`); each
+    interval is widened by its class's or group's systematic part (:func:`widen`).
     """
     counted = [c for c in calls if c.cls is not None]
     counts = {k: sum(1 for c in counted if c.cls == k) for k in WBC_CLASSES}
@@ -476,8 +527,14 @@ def summarise(calls: list[CellCall], *, imaged_area_mm2: float, chamber_height_u
             wil5[k] = (min(wil5[k][0], lo[i]), max(wil5[k][1], hi[i]))
         for g in THREE_PART:
             wil3[g] = (min(wil3[g][0], groups[g][0]), max(wil3[g][1], groups[g][1]))
-    ci5 = {k: [round(100 * b, 1) for b in wil5[k]] for k in WBC_CLASSES}
-    ci3 = {k: [round(100 * b, 1) for b in wil3[k]] for k in THREE_PART}
+    ci5 = {k: [100 * b for b in wil5[k]] for k in WBC_CLASSES}
+    ci3 = {k: [100 * b for b in wil3[k]] for k in THREE_PART}
+    if n and method:
+        for ci, diff, part in ((ci5, diff5, "5part"), (ci3, diff3, "3part")):
+            for k, e in method.get(part, {}).items():
+                ci[k] = list(widen(diff[k], *ci[k], e))
+    ci5 = {k: [round(b, 1) for b in v] for k, v in ci5.items()}
+    ci3 = {k: [round(b, 1) for b in v] for k, v in ci3.items()}
     # the concentration counts every white cell, classified or not
     white = [c for c in calls if c.cls is not None or c.reject_reason == "low confidence"]
     n_wbc = len(white)

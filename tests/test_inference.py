@@ -150,6 +150,101 @@ def test_under_counted_classes_come_from_the_card_and_flag_every_differential():
     assert "CONFIRM_DIFF" not in empty["flags"]  # no differential, nothing to confirm
 
 
+def test_method_error_from_the_card_widens_every_interval_in_quadrature():
+    from inference.result import method_error, widen
+
+    card = {"method_error": {
+        "5part": {"neutrophil": {"bias_pct": 7.0, "sd_pct": 2.0, "rms_pct": 7.28},
+                  "lymphocyte": {"rms_pct": 0.0}, "monocyte": {"rms_pct": float("nan")},
+                  "eosinophil": {"rms_pct": -1.0}, "basophil": "garbage"},
+        "3part": {"granulocyte": {"rms_pct": 3.0}}}}
+    method = method_error(card)
+    # only finite, non-negative figures count; a missing or broken section adds nothing
+    assert method == {"5part": {"neutrophil": 7.28, "lymphocyte": 0.0},
+                      "3part": {"granulocyte": 3.0}}
+    assert method_error({}) == {"5part": {}, "3part": {}}
+    assert method_error({"method_error": [1, 2]}) == {"5part": {}, "3part": {}}
+    assert widen(50.0, 45.0, 56.0, 0.0) == (45.0, 56.0)
+    lo, hi = widen(50.0, 45.0, 56.0, 4.0)
+    assert lo == pytest.approx(50 - math.hypot(5, 1.959964 * 4), abs=1e-4)
+    assert hi == pytest.approx(50 + math.hypot(6, 1.959964 * 4), abs=1e-4)
+    assert widen(1.0, 0.5, 2.0, 4.0)[0] == 0.0 and widen(99.0, 98.0, 99.5, 4.0)[1] == 100.0
+    calls = _calls(WBC_CLASSES, [300, 150, 60, 20, 5])
+    kw = dict(imaged_area_mm2=20.0, chamber_height_um=100.0, dilution=10.0, qc_flags=[])
+    plain, wide = summarise(calls, **kw), summarise(calls, **kw, method=method)
+    p = plain["differential_5part"]["neutrophil"]
+    for side, sign in ((0, -1), (1, 1)):
+        half = abs(plain["differential_5part_ci95"]["neutrophil"][side] - p)
+        assert wide["differential_5part_ci95"]["neutrophil"][side] == pytest.approx(
+            p + sign * math.hypot(half, 1.959964 * 7.28), abs=0.11)
+    for k in ("lymphocyte", "monocyte", "eosinophil", "basophil"):  # nothing measured: as before
+        assert wide["differential_5part_ci95"][k] == plain["differential_5part_ci95"][k]
+    assert wide["differential_3part_ci95"]["granulocyte"][1] > plain["differential_3part_ci95"][
+        "granulocyte"][1]
+    assert wide["differential_5part"] == plain["differential_5part"]  # the estimate is the count's
+    empty = summarise([], **kw, method=method)
+    assert empty["differential_5part_ci95"] == summarise([], **kw)["differential_5part_ci95"]
+
+
+def test_method_error_fit_recovers_a_bias_and_makes_intervals_cover():
+    """A method whose share is 6 points high (SD 2) on top of counting error, as a
+    classifier absorbing one class into another: intervals of the counting error
+    alone miss the truth on large counts; widened by the fitted method error they hold it."""
+    from inference.evaluate import fit_method_error
+    from inference.result import widen
+
+    rng = np.random.default_rng(12)
+
+    def captures(m):
+        n = rng.choice([80, 300, 2000, 5000], size=m)
+        true = rng.uniform(30, 70, m)
+        sd = np.sqrt(true * (100 - true) / n)  # binomial counting error, points
+        rep = true + 6.0 + 2.0 * rng.standard_normal(m) + sd * rng.standard_normal(m)
+        return true, rep, sd
+
+    true, rep, sd = captures(60)
+    bias, spread = fit_method_error((rep - true)[:, None], sd[:, None])
+    assert bias[0] == pytest.approx(6.0, abs=1.0) and spread[0] == pytest.approx(2.0, abs=1.0)
+    # no systematic part: none found
+    b0, s0 = fit_method_error((sd * rng.standard_normal(60))[:, None], sd[:, None])
+    assert abs(b0[0]) < 1.0 and s0[0] < 1.0
+    true, rep, sd = captures(400)  # other captures than the fit's
+    z = 1.959964
+    plain = np.abs(rep - true) <= z * sd
+    rms = math.hypot(bias[0], spread[0])
+    wide = [lo <= t <= hi for t, r, d in zip(true, rep, sd, strict=True)
+            for lo, hi in [widen(r, r - z * d, r + z * d, rms)]]
+    assert plain.mean() < 0.7 and np.mean(wide) > 0.93, (plain.mean(), np.mean(wide))
+
+
+def test_accuracy_interval_is_over_captures():
+    from inference.evaluate import _accuracy_interval
+
+    same = lambda t, c: t == c  # noqa: E731
+    alike = [[(0, 0)] * 90 + [(0, 1)] * 10 for _ in range(12)]
+    mixed = [[(0, 0)] * (60 if i % 2 else 100) + [(0, 1)] * (40 if i % 2 else 0) for i in range(12)]
+    lo, hi = _accuracy_interval(alike, same)
+    assert lo == hi == 0.9  # every capture alike: no spread between captures
+    lo, hi = _accuracy_interval(mixed, same)
+    assert lo < 0.8 < hi and hi - lo > 0.1  # captures differ: the pooled 0.8 is uncertain
+    assert _accuracy_interval(mixed, same) == [lo, hi]  # seeded
+    assert _accuracy_interval(mixed[:1], same) is None
+
+
+def test_method_error_is_never_measured_on_the_test_set(tmp_path):
+    from inference.classify import ONNX_MODEL
+    from inference.evaluate import capture_name, main
+
+    card = json.loads(ONNX_MODEL.with_name("wbc5.card.json").read_text())
+    first = card["accuracy"]["test_set"]["captures"][0]
+    assert first == capture_name(0, size=1024)
+    with pytest.raises(SystemExit, match="in the card's test set"):
+        main(["--out", str(tmp_path / "m"), "--captures", "2", "--write-method-error"])
+    with pytest.raises(SystemExit, match="needs --split test"):
+        main(["--out", str(tmp_path / "m"), "--split", "train", "--write-method-error"])
+    assert not (tmp_path / "m").exists()  # refused before anything was simulated
+
+
 def test_concentration_is_counted_in_a_frame_inside_the_image():
     from inference.result import COUNT_GUARD_UM, CellCall
 
@@ -368,6 +463,11 @@ def test_analyze_capture_result_format(three_led, classifier):
     under = under_counted(classifier.card)
     assert "eosinophil" in under and res["under_counted"] == {c: round(r, 2) for c, r in under.items()}
     assert "CONFIRM_DIFF" in res["flags"] and "eosinophils" in res["flag_details"]["CONFIRM_DIFF"].lower()
+    # the intervals carry the model's method error from its card
+    from inference.result import method_error
+    e = 1.959964 * method_error(classifier.card)["5part"]["neutrophil"]
+    p, (lo, hi) = res["differential_5part"]["neutrophil"], res["differential_5part_ci95"]["neutrophil"]
+    assert e > 0 and hi - p >= min(e, 100.0 - p) - 0.1 and p - lo >= min(e, p) - 0.1
 
 
 def test_empty_chamber_is_flagged(capdir, classifier):
