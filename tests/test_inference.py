@@ -339,6 +339,29 @@ def test_faint_candidates_are_rejected_and_left_out_of_the_sample_mix():
     json.dumps(recs, allow_nan=False)  # valid JSON: no NaN for the never-sized candidates
 
 
+def test_a_cell_sure_of_its_3_part_group_is_counted_as_its_most_probable_class():
+    from inference.result import call_cells
+
+    classes = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "other")
+    cands = [Candidate(x=float(i), y=0.0, peak=1.0, distance_um=500.0, depth_um=5.0,
+                       diameter_um=8.0) for i in range(4)]
+    probs = np.array([[0.34, 0.10, 0.10, 0.30, 0.06, 0.10],   # a granulocyte, N or E: counted, N
+                      [0.20, 0.05, 0.05, 0.21, 0.14, 0.35],   # granulocyte 0.55 but "other" wins
+                      [0.10, 0.30, 0.29, 0.05, 0.06, 0.20],   # L or M, neither group 0.5: unsure
+                      [0.05, 0.05, 0.05, 0.05, 0.05, 0.75]], np.float32)
+    calls = call_cells(cands, probs, np.full(4, 300.0, np.float32), classes, chamber_eq_um=100.0)
+    assert (calls[0].cls, calls[0].reject_reason) == ("neutrophil", None)
+    assert calls[0].confidence == pytest.approx(0.34)  # the class's own probability
+    assert calls[1].reject_reason == calls[3].reject_reason == "not a white cell"
+    assert (calls[2].cls, calls[2].reject_reason) == (None, "low confidence")
+    # the rule's threshold is the group's probability: at 0.69 the granulocyte (0.70) passes
+    strict = call_cells(cands, probs, np.full(4, 300.0, np.float32), classes, chamber_eq_um=100.0,
+                        min_confidence=0.69)
+    assert strict[0].cls == "neutrophil"
+    assert call_cells(cands, probs, np.full(4, 300.0, np.float32), classes, chamber_eq_um=100.0,
+                      min_confidence=0.71)[0].reject_reason == "low confidence"
+
+
 def _one_object_sample(kind: str, h_um: float, *, on_cover: bool = False) -> Sample:
     """A single white cell (or dust grain) at the centre of a 256 px IMX477 frame."""
     c = 256 * 1.55 / 2
