@@ -48,7 +48,6 @@ from inference.result import (
     in_counting_frame,
     method_error,
     summarise,
-    widen,
 )
 
 SENSORS_CYCLE = ("imx477", "imx708", "imx219")
@@ -247,9 +246,13 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
             calls = call_cells(det.candidates, probs, vols, clf.classes,
                                chamber_eq_um=chamber["height_um"] / N_MEDIUM,
                                train_priors=clf.train_priors)
-            s = summarise(calls, imaged_area_mm2=det.imaged_area_mm2,
-                          chamber_height_um=chamber["height_um"], dilution=chamber["dilution"],
-                          qc_flags=[], frame=(*shape, det.pixel_um))
+            # as the analysis reports it (intervals widened by the card's method error), and
+            # with the intervals of counting and classification ambiguity alone
+            s, s0 = (summarise(calls, imaged_area_mm2=det.imaged_area_mm2,
+                               chamber_height_um=chamber["height_um"],
+                               dilution=chamber["dilution"], qc_flags=[],
+                               frame=(*shape, det.pixel_um), method=m)
+                     for m in (method_error(clf.card), None))
             called_wbc = set()
             for k, c in enumerate(calls):
                 j = idx[k]
@@ -275,21 +278,17 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
                 a["wbc_ratio"].append(s["wbc_per_uL"] / implied)
             n = s["cells_classified"]
             if spec_diff and n >= 20:
-                # the intervals before the method error (counting and ambiguity alone), and
-                # widened by it as the analysis widens them
-                method = method_error(clf.card)
                 z = 1.959964
-                for part, names, key, store in (
-                        ("5part", WBC_CLASSES, "differential_5part", "5"),
-                        ("3part", tuple(THREE_PART), "differential_3part", "3")):
-                    true = {k: 100 * spec_diff[k] for k in WBC_CLASSES} if part == "5part" else {
+                for names, key, store in ((WBC_CLASSES, "differential_5part", "5"),
+                                          (tuple(THREE_PART), "differential_3part", "3")):
+                    true = {k: 100 * spec_diff[k] for k in WBC_CLASSES} if store == "5" else {
                         g: 100 * sum(spec_diff[m] for m in THREE_PART[g]) for g in THREE_PART}
                     err, sd = [], []
                     for k in names:
-                        p, (lo, hi) = s[key][k], s[key + "_ci95"][k]
+                        p, (lo, hi) = s0[key][k], s0[key + "_ci95"][k]
                         err.append(p - true[k])
                         sd.append(max(p - lo, hi - p) / z)
-                        lo, hi = widen(p, lo, hi, method[part].get(k, 0.0))
+                        lo, hi = s[key + "_ci95"][k]
                         a["coverage" + store].append(lo - 0.05 <= true[k] <= hi + 0.05)
                     a["err" + store].append((np.array(err), np.array(sd)))
             mono_true = [o["volume_fl"] for o in objs if o["kind"] == "monocyte"
