@@ -55,10 +55,15 @@ PRESETS_CYCLE = ("healthy", "random", "septic", "lymphocytosis", "eosinophilia",
 GRAN = {c: g for g, members in THREE_PART.items() for c in members}
 
 
+def _sensor_preset(i: int) -> tuple[str, str]:
+    """Sensor and blood preset of capture ``i`` of :func:`make_test_captures`."""
+    return (SENSORS_CYCLE[i % len(SENSORS_CYCLE)],
+            PRESETS_CYCLE[(i // len(SENSORS_CYCLE)) % len(PRESETS_CYCLE)])
+
+
 def capture_name(i: int, *, size: int, split: str = "test", dies: int = 1) -> str:
     """The folder name of capture ``i`` of :func:`make_test_captures` (its sensor and preset)."""
-    sensor = SENSORS_CYCLE[i % len(SENSORS_CYCLE)]
-    preset = PRESETS_CYCLE[(i // len(SENSORS_CYCLE)) % len(PRESETS_CYCLE)]
+    sensor, preset = _sensor_preset(i)
     return (f"{'test' if split == 'test' else 'val'}-{i:04d}-{sensor}-{preset}-"
             f"{size or 'full'}{'' if dies == 1 else f'-{dies}die'}")
 
@@ -76,8 +81,7 @@ def make_test_captures(out: Path, n: int, *, size: int, start: int = 0, split: s
     for i in range(start, start + n):
         seed = SEED_BASE[split] + (100_000 if dies == 1 else 300_000) + i
         rng = np.random.default_rng(seed)
-        sensor = SENSORS_CYCLE[i % len(SENSORS_CYCLE)]
-        preset = PRESETS_CYCLE[(i // len(SENSORS_CYCLE)) % len(PRESETS_CYCLE)]
+        sensor, preset = _sensor_preset(i)
         cfg = random_config(rng, split, size=(size, size) if size else None, sensor=sensor)
         path = out / capture_name(i, size=size, split=split, dies=dies)
         if not (path / "truth.json").exists():
@@ -120,9 +124,12 @@ def fit_method_error(errors: np.ndarray, sampling_sd: np.ndarray) -> tuple[np.nd
     return bias, sd
 
 
-def _share_errors(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], names: tuple[str, ...]
+def _share_errors(rows: list[tuple[np.ndarray, np.ndarray]], names: tuple[str, ...]
                   ) -> dict[str, dict[str, float]] | None:
-    """Per class or group: bias, systematic SD and their RMS (:func:`fit_method_error`)."""
+    """Per class or group: bias, systematic SD and their RMS (:func:`fit_method_error`).
+
+    ``rows``: per capture, (reported minus true shares, their sampling SDs).
+    """
     if len(rows) < 3:
         return None
     err = np.array([r[0] for r in rows])
