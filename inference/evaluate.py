@@ -28,6 +28,7 @@ model:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from holography.sample import N_MEDIUM, WBC_CLASSES
 from holography.simulate import simulate_capture
@@ -253,13 +255,11 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
             calls = call_cells(det.candidates, probs, vols, clf.classes,
                                chamber_eq_um=chamber["height_um"] / N_MEDIUM,
                                train_priors=clf.train_priors)
-            # as the analysis reports it (intervals widened by the card's method error), and
-            # with the intervals of counting and classification ambiguity alone
-            s, s0 = (summarise(calls, imaged_area_mm2=det.imaged_area_mm2,
-                               chamber_height_um=chamber["height_um"],
-                               dilution=chamber["dilution"], qc_flags=[],
-                               frame=(*shape, det.pixel_um), method=m)
-                     for m in (method_error(clf.card), None))
+            summary = functools.partial(summarise, calls, imaged_area_mm2=det.imaged_area_mm2,
+                                        chamber_height_um=chamber["height_um"],
+                                        dilution=chamber["dilution"], qc_flags=[],
+                                        frame=(*shape, det.pixel_um))
+            s = summary(method=method_error(clf.card))  # as the analysis reports it
             called_wbc = set()
             for k, c in enumerate(calls):
                 j = idx[k]
@@ -285,7 +285,10 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
                 a["wbc_ratio"].append(s["wbc_per_uL"] / implied)
             n = s["cells_classified"]
             if spec_diff and n >= 20:
-                z = 1.959964
+                # the intervals of counting and classification ambiguity alone: the sampling
+                # part of each share's error
+                s0 = summary(method=None)
+                z = float(stats.norm.ppf(0.975))
                 for names, key, store in ((WBC_CLASSES, "differential_5part", "5"),
                                           (tuple(THREE_PART), "differential_3part", "3")):
                     true = {k: 100 * spec_diff[k] for k in WBC_CLASSES} if store == "5" else {
