@@ -28,7 +28,6 @@ from inference.result import (
     FORMAT,
     call_cells,
     cell_records,
-    mdw_calibration,
     method_error,
     summarise,
     under_counted,
@@ -99,8 +98,7 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
     summary = summarise(calls, imaged_area_mm2=det.imaged_area_mm2,
                         chamber_height_um=cap.chamber.height_um, dilution=cap.chamber.dilution,
                         qc_flags=rec.flags, frame=(*cap.shape, det.pixel_um),
-                        under=under_counted(clf.card), method=method_error(clf.card),
-                        mdw_cal=mdw_calibration(clf.card))
+                        under=under_counted(clf.card), method=method_error(clf.card))
     details = {code: rec.flag_details.get(code, FLAG_TEXT.get(code, "")) for code in summary["flags"]}
     if "CONFIRM_DIFF" in details:
         details["CONFIRM_DIFF"] = under_counted_text(summary["under_counted"])

@@ -47,9 +47,7 @@ from inference.result import (
     THREE_PART,
     call_cells,
     counting_frame_mm2,
-    fit_mdw_calibration,
     in_counting_frame,
-    mdw_calibration,
     method_error,
     summarise,
 )
@@ -261,8 +259,7 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
                                         chamber_height_um=chamber["height_um"],
                                         dilution=chamber["dilution"], qc_flags=[],
                                         frame=(*shape, det.pixel_um))
-            # as the analysis reports it
-            s = summary(method=method_error(clf.card), mdw_cal=mdw_calibration(clf.card))
+            s = summary(method=method_error(clf.card))  # as the analysis reports it
             called_wbc = set()
             for k, c in enumerate(calls):
                 j = idx[k]
@@ -306,14 +303,8 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
                     a["err" + store].append((np.array(err), np.array(sd)))
             mono_true = [o["volume_fl"] for o in objs if o["kind"] == "monocyte"
                          and 0 <= o["x_px"] < shape[1] and 0 <= o["y_px"] < shape[0]]
-            m = s["mdw"]
-            if m["sd_fl"] is not None and len(mono_true) >= MDW_MIN_MONOCYTES:
-                # a capture the model's MDW calibration was fitted on does not test it
-                fitted = {r.get("capture") for r in (clf.card.get("mdw_calibration") or {})
-                          .get("points", []) if isinstance(r, dict)}
-                a["mdw"].append((m["sd_fl"], m.get("sd_measured_fl", m["sd_fl"]),
-                                 float(np.std(mono_true, ddof=1)), path.name,
-                                 bool(m.get("calibrated")) and path.name in fitted))
+            if s["mdw"]["sd_fl"] is not None and len(mono_true) >= MDW_MIN_MONOCYTES:
+                a["mdw"].append((path.name, s["mdw"]["sd_fl"], float(np.std(mono_true, ddof=1))))
         log(f"{path.name}: {len(det.candidates)} candidates, {len(wbc_truth)} white cells in "
             f"truth, pipeline {t_pipe:.1f} s")
     return {name: _report(a) for name, a in acc.items()}
@@ -334,8 +325,7 @@ def _report(a: dict[str, Any]) -> dict[str, Any]:
                           "precision": round(cm[i, i] / col, 4) if col else None}
     tp, fp, fn = a["tp"], a["fp"], a["fn"]
     ratio = np.array(a["wbc_ratio"])
-    mdw = np.array([r[:3] for r in a["mdw"] if not r[4]], np.float64).reshape(-1, 3)
-    mdw_err = 100 * (mdw[:, 0] / mdw[:, 2] - 1)
+    mdw_err = np.array([100 * (r[1] / r[2] - 1) for r in a["mdw"]])
     return {
         "cells": n,
         "detection": {"recall": round(tp / (tp + fn), 4) if tp + fn else None,
@@ -360,14 +350,11 @@ def _report(a: dict[str, Any]) -> dict[str, Any]:
         "ci_coverage_5part": round(float(np.mean(a["coverage5"])), 3) if a["coverage5"] else None,
         "ci_coverage_3part": round(float(np.mean(a["coverage3"])), 3) if a["coverage3"] else None,
         "ci_coverage_intervals": len(a["coverage5"]) + len(a["coverage3"]),
-        "mdw": {"captures": int(len(mdw)),
-                **({"median_error_pct": round(float(np.median(mdw_err)), 2),
-                    "median_abs_error_pct": round(float(np.median(np.abs(mdw_err))), 2),
-                    "within_10pct": int(np.sum(np.abs(mdw_err) <= 10)),
-                    "median_error_measured_pct": round(float(np.median(
-                        100 * (mdw[:, 1] / mdw[:, 2] - 1))), 2)} if len(mdw) else {}),
-                "per_capture": [{"capture": r[3], "reported_fl": r[0], "measured_fl": r[1],
-                                 "true_fl": round(r[2], 1), "calibration_point": r[4]}
+        "mdw": {"captures": len(mdw_err),
+                "median_error_pct": round(float(np.median(mdw_err)), 2),
+                "median_abs_error_pct": round(float(np.median(np.abs(mdw_err))), 2),
+                "within_10pct": int(np.sum(np.abs(mdw_err) <= 10)),
+                "per_capture": [{"capture": r[0], "reported_fl": r[1], "true_fl": round(r[2], 1)}
                                 for r in a["mdw"]]}
         if a["mdw"] else None,
         "crops_per_s": round(float(np.median(a["crops_per_s"])), 0) if a["crops_per_s"] else None,
@@ -407,18 +394,11 @@ def format_report(rep: dict[str, Any]) -> str:
                     for k, v in se.items()))
         m = r["mdw"]
         if m:
-            if m["captures"]:
-                lines.append(
-                    f"  MDW: {m['captures']} captures with >= {MDW_MIN_MONOCYTES} monocytes; "
-                    f"error median {m['median_error_pct']:+.1f} %, median |error| "
-                    f"{m['median_abs_error_pct']:.1f} %, {m['within_10pct']} within 10 % "
-                    f"(as measured, before any calibration: median "
-                    f"{m['median_error_measured_pct']:+.1f} %)")
-            for c in m["per_capture"]:
-                lines.append(f"    {c['capture']}: reported {c['reported_fl']} fL (measured "
-                             f"{c['measured_fl']}), true {c['true_fl']} fL"
-                             + (" - a calibration point, not a test" if c["calibration_point"]
-                                else ""))
+            lines.append(f"  MDW: {m['captures']} captures with >= {MDW_MIN_MONOCYTES} monocytes; "
+                         f"error median {m['median_error_pct']:+.1f} %, median |error| "
+                         f"{m['median_abs_error_pct']:.1f} %, {m['within_10pct']} within 10 %")
+            lines.extend(f"    {c['capture']}: {c['reported_fl']} fL, true {c['true_fl']} fL"
+                         for c in m["per_capture"])
         else:
             lines.append("  MDW: no capture with enough monocytes")
         lines.append(f"  classifier throughput {r['crops_per_s']} crops/s")
@@ -456,11 +436,6 @@ def main(argv: list[str] | None = None) -> int:
                          "as its method error, which widens every interval the analysis reports "
                          "(a method-comparison set: test conditions, captures apart from the "
                          "card's test set)")
-    ap.add_argument("--write-mdw-calibration", action="store_true",
-                    help="fit the shipped model's measured MDW against the truth on these "
-                         "captures and store the line in its card; the analysis then reports "
-                         "MDW on the true scale (a method-comparison set: test conditions, "
-                         "full-sensor captures apart from the test sets)")
     args = ap.parse_args(argv)
 
     def log(m: str) -> None:
@@ -469,22 +444,18 @@ def main(argv: list[str] | None = None) -> int:
     paths = args.model or [str(ONNX_MODEL), str(ONNX_MODEL.with_suffix(".fp32.onnx"))]
     models = {Path(p).name: Classifier(p) for p in paths if Path(p).exists()}
     card_path = ONNX_MODEL.with_name(ONNX_MODEL.stem + ".card.json")
-    for flag, what in ((args.write_method_error, "method error"),
-                       (args.write_mdw_calibration, "MDW calibration")):
-        if not flag:
-            continue
+    if args.write_method_error:
         if args.split != "test":
-            raise SystemExit(f"--write-{what.lower().replace(' ', '-')} needs --split test: the "
-                             f"{what} is measured under the conditions the analysis is tested in")
-        card = json.loads(card_path.read_text())
-        tested = set(card.get("accuracy", {}).get("test_set", {}).get("captures", []))
+            raise SystemExit("--write-method-error needs --split test: the method error is "
+                             "measured under the conditions the analysis is tested in")
+        tested = json.loads(card_path.read_text()).get("accuracy", {}).get("test_set", {})
         names = {capture_name(i, size=args.size, split=args.split, dies=args.dies)
                  for i in range(args.start, args.start + args.captures)}
-        shared = sorted(names & tested)
+        shared = sorted(names & set(tested.get("captures", [])))
         if shared:
-            raise SystemExit(f"{shared[0]} is in the card's test set: measure the {what} "
+            raise SystemExit(f"{shared[0]} is in the card's test set: measure the method error "
                              "on other captures (--start past the test set's) so that the "
-                             "test set stays a test")
+                             "test set's coverage stays a test")
     caps = make_test_captures(Path(args.out), args.captures, size=args.size, start=args.start,
                               split=args.split, dies=args.dies, log=log)
     rep = evaluate(caps, models, log=log, fresh=args.fresh)
@@ -512,25 +483,6 @@ def main(argv: list[str] | None = None) -> int:
             "command": "holodiff evaluate " + " ".join(argv or sys.argv[1:])}
         card_path.write_text(json.dumps(card, indent=1) + "\n")
         log(f"stored the method error in {card_path}")
-    if args.write_mdw_calibration:
-        rows = (rep.get(ONNX_MODEL.name) or {}).get("mdw") or {"per_capture": []}
-        try:
-            cal = fit_mdw_calibration(np.array([r["measured_fl"] for r in rows["per_capture"]]),
-                                      np.array([r["true_fl"] for r in rows["per_capture"]]))
-        except ValueError as e:
-            raise SystemExit(f"{e} (the shipped model's; full-sensor captures of healthy and "
-                             "septic samples have enough monocytes)") from None
-        card = json.loads(card_path.read_text())
-        card["mdw_calibration"] = {
-            **{k: round(v, 4) for k, v in cal.items()},
-            "model": "measured SD = intercept + slope x true SD, least squares; read backwards "
-                     "(inference.result.fit_mdw_calibration)",
-            "points": [{k: r[k] for k in ("capture", "measured_fl", "true_fl")}
-                       for r in rows["per_capture"]],
-            "command": "holodiff evaluate " + " ".join(argv or sys.argv[1:])}
-        card_path.write_text(json.dumps(card, indent=1) + "\n")
-        log(f"stored the MDW calibration in {card_path}: measured = {cal['intercept_fl']:.1f} "
-            f"+ {cal['slope']:.3f} x true fL, residual {cal['residual_sd_fl']:.1f} fL")
     if args.update_card:
         card = json.loads(card_path.read_text())
         names = {ONNX_MODEL.name: "int8", ONNX_MODEL.with_suffix(".fp32.onnx").name: "fp32"}

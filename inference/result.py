@@ -38,12 +38,7 @@ Figures and limits
 - MDW: standard deviation of the monocyte volumes (fL), every white cell
   weighted by its monocyte probability (:func:`monocyte_distribution_width`),
   reported from :data:`MDW_MIN_MONOCYTES` effective monocytes up; its 95 %
-  interval is the chi-square interval of a normal SD. The weighting takes in
-  the upper tail of the far more numerous neutrophils, so the measured SD runs
-  above the truth, the more so the narrower the monocytes (healthy samples);
-  where the model's card holds an MDW calibration from a method comparison
-  (:func:`fit_mdw_calibration`) the SD is read back onto the true scale
-  (:func:`calibrate_mdw`). Crouser et al. (Crit. Care Med. 47(8):1018, 2019)
+  interval is the chi-square interval of a normal SD. Crouser et al. (Crit. Care Med. 47(8):1018, 2019)
   used an MDW cut-off of 20 on the Beckman DxH scale, whose healthy values lie
   near 16-19; our limit :data:`MDW_HIGH_CV_PCT` is set the same way on our
   scale (healthy monocyte volume CV about 14 %) and is provisional until a
@@ -182,80 +177,18 @@ def method_error(card: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
-def widen(share: float, lo: float, hi: float, systematic: float, conf: float = 0.95,
-          top: float = 100.0) -> tuple[float, float]:
+def widen(share: float, lo: float, hi: float, systematic: float, conf: float = 0.95
+          ) -> tuple[float, float]:
     """An interval ``(lo, hi)`` about ``share`` widened by a systematic error (same units).
 
     Each side's half-width and ``z x systematic`` add in quadrature (random and
-    systematic parts of a total error); the bounds stay within 0..``top``.
+    systematic parts of a total error); the bounds stay within 0..100.
     """
     if not systematic > 0:
         return lo, hi
     e = float(stats.norm.ppf(0.5 + conf / 2)) * systematic
     return (max(0.0, share - math.hypot(max(share - lo, 0.0), e)),
-            min(top, share + math.hypot(max(hi - share, 0.0), e)))
-
-
-def mdw_calibration(card: dict[str, Any]) -> dict[str, float] | None:
-    """The model's MDW calibration from its card, or None where it has none.
-
-    ``{"slope": b, "intercept_fl": a, "residual_sd_fl": s}`` of the card's
-    ``mdw_calibration`` section (``holodiff evaluate --write-mdw-calibration``):
-    on a method-comparison set the measured SD was ``a + b x true SD`` with a
-    residual SD ``s`` (fL of true SD). A section with a missing, non-finite or
-    implausible figure (a slope not above 0.2) is ignored: the MDW is then
-    reported as measured.
-    """
-    sec = card.get("mdw_calibration")
-    if not isinstance(sec, dict):
-        return None
-    vals = {k: sec.get(k) for k in ("slope", "intercept_fl", "residual_sd_fl")}
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals.values()):
-        return None
-    if vals["slope"] <= 0.2 or vals["residual_sd_fl"] < 0:
-        return None
-    return {k: float(v) for k, v in vals.items()}
-
-
-def fit_mdw_calibration(measured_fl: np.ndarray, true_fl: np.ndarray) -> dict[str, float]:
-    """Straight line of measured MDW on true MDW over a method-comparison set.
-
-    Ordinary least squares of the measured SD on the truth's (the reference is
-    exact in simulation, so its errors need no Deming term), read backwards by
-    :func:`calibrate_mdw` (the classical calibration estimator; Eisenhart, "The
-    interpretation of certain regression methods and their use in biological
-    and industrial research", Ann. Math. Stat. 10(2):162, 1939). The residual
-    SD, in fL of true SD, is the calibration's own error.
-    """
-    x = np.asarray(true_fl, np.float64)
-    y = np.asarray(measured_fl, np.float64)
-    if len(x) < 3 or float(np.ptp(x)) <= 0:
-        raise ValueError("an MDW calibration needs at least 3 captures with different true MDW")
-    b, a = np.polyfit(x, y, 1)
-    resid = y - (a + b * x)
-    s = math.sqrt(float(resid @ resid) / (len(x) - 2)) if len(x) > 2 else 0.0
-    return {"slope": float(b), "intercept_fl": float(a), "residual_sd_fl": s / abs(float(b))}
-
-
-def calibrate_mdw(mdw: dict[str, Any], cal: dict[str, float] | None) -> dict[str, Any]:
-    """The MDW of :func:`monocyte_distribution_width` on the true scale of the calibration.
-
-    The measured SD (kept as ``sd_measured_fl``) becomes ``(sd - a) / b``; its
-    chi-square interval is mapped the same way and widened by the calibration's
-    residual SD in quadrature (:func:`widen`); the CV is recomputed. Without a
-    calibration, or with nothing reported, ``mdw`` is returned as it is.
-    """
-    if cal is None or mdw.get("sd_fl") is None:
-        return mdw
-    a, b = cal["intercept_fl"], cal["slope"]
-    out = dict(mdw)
-    sd = max((mdw["sd_fl"] - a) / b, 0.0)
-    lo, hi = ((max((v - a) / b, 0.0)) for v in mdw["sd_ci95_fl"])
-    lo, hi = widen(sd, lo, hi, cal["residual_sd_fl"], top=math.inf)
-    out.update(sd_fl=round(sd, 1), sd_ci95_fl=[round(lo, 1), round(hi, 1)],
-               cv_pct=round(100 * sd / mdw["mean_fl"], 1),
-               sd_measured_fl=mdw["sd_fl"], calibrated=True)
-    return out
+            min(100.0, share + math.hypot(max(hi - share, 0.0), e)))
 
 
 def wilson_interval(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
@@ -568,8 +501,7 @@ def summarise(calls: list[CellCall], *, imaged_area_mm2: float, chamber_height_u
               dilution: float, qc_flags: list[str],
               frame: tuple[int, int, float] | None = None,
               under: dict[str, float] | None = None,
-              method: dict[str, dict[str, float]] | None = None,
-              mdw_cal: dict[str, float] | None = None) -> dict[str, Any]:
+              method: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """Counts, differentials with intervals, concentration, MDW and flags.
 
     ``frame = (rows, columns, um per pixel)`` of the image the candidates'
@@ -587,10 +519,6 @@ def summarise(calls: list[CellCall], *, imaged_area_mm2: float, chamber_height_u
 
     ``method``: the model's method error (:func:`method_error`); each
     interval is widened by its class's or group's systematic part (:func:`widen`).
-
-    ``mdw_cal``: the model's MDW calibration (:func:`mdw_calibration`); the
-    MDW, its interval and the MDW_HIGH flag are then on the true scale
-    (:func:`calibrate_mdw`).
     """
     counted = [c for c in calls if c.cls is not None]
     counts = {k: sum(1 for c in counted if c.cls == k) for k in WBC_CLASSES}
@@ -629,7 +557,7 @@ def summarise(calls: list[CellCall], *, imaged_area_mm2: float, chamber_height_u
         inner = [c for c in white if in_counting_frame(c.x, c.y, rows, cols, px)]
         frame_uL = counting_frame_mm2(rows, cols, px) * chamber_height_um * 1e-3 / dilution
         wbc_per_uL = len(inner) / frame_uL if frame_uL > 0 else math.nan
-    mdw = calibrate_mdw(monocyte_distribution_width(white), mdw_cal)
+    mdw = monocyte_distribution_width(white)
     flags = list(qc_flags)
     if mdw["sd_fl"] is not None:
         if mdw["cv_pct"] > MDW_HIGH_CV_PCT:

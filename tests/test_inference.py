@@ -231,6 +231,24 @@ def test_accuracy_interval_is_over_captures():
     assert _accuracy_interval(mixed[:1], same) is None
 
 
+def test_evaluation_reports_mdw_per_capture():
+    from inference.evaluate import _report, format_report
+
+    K = len(WBC_CLASSES)
+    acc = {"pairs": [(0, 0)] * 9 + [(2, 0)], "vol_err": [1.0, -3.0], "wbc_ratio": [1.01],
+           "coverage5": [True], "coverage3": [True], "tp": 10, "fp": 0, "fn": 1,
+           "crops_per_s": [100.0], "err5": [], "err3": [], "captures": [[(0, 0)] * 9 + [(2, 0)]],
+           "raw_confusion": np.zeros((K, K), np.int64),
+           "mdw": [("a-healthy", 85.0, 62.0), ("b-septic", 140.0, 136.0), ("c-septic", 120.0, 127.0)]}
+    m = _report(acc)["mdw"]
+    assert m["captures"] == 3 and m["within_10pct"] == 2  # +37 %, +3 %, -6 %
+    assert m["median_error_pct"] == pytest.approx(100 * (140 / 136 - 1), abs=0.01)
+    assert m["median_abs_error_pct"] == pytest.approx(100 * (1 - 120 / 127), abs=0.01)
+    text = format_report({"m": _report(acc)})
+    assert "MDW: 3 captures" in text and "a-healthy: 85.0 fL, true 62.0 fL" in text
+    assert "no capture with enough monocytes" in format_report({"m": _report({**acc, "mdw": []})})
+
+
 def test_method_error_is_never_measured_on_the_test_set(tmp_path):
     from inference.classify import ONNX_MODEL
     from inference.evaluate import capture_name, main
@@ -553,71 +571,6 @@ def test_mdw_weights_cells_by_their_monocyte_probability():
     lo, hi = mdw["sd_ci95_fl"]
     assert lo < mdw["sd_fl"] < hi
     assert monocyte_distribution_width(cells[200:])["sd_fl"] is None  # 400 x 0.05: too few
-
-
-def test_mdw_calibration_reads_the_measured_sd_back_onto_the_true_scale():
-    """A measured MDW that runs high on narrow monocyte distributions (contamination by the
-    neutrophils' upper tail): the fitted line reads fresh samples back within a few percent,
-    and the sepsis flag follows the true scale."""
-    from inference.result import (
-        CellCall,
-        calibrate_mdw,
-        fit_mdw_calibration,
-        mdw_calibration,
-        monocyte_distribution_width,
-    )
-
-    rng = np.random.default_rng(5)
-
-    def measured(true_sd, n):
-        return 30.0 + 0.85 * true_sd + 4.0 * rng.standard_normal(n)
-
-    true = rng.uniform(55, 145, 12)
-    cal = fit_mdw_calibration(measured(true, 12), true)
-    assert cal["slope"] == pytest.approx(0.85, abs=0.1) and cal["intercept_fl"] == pytest.approx(
-        30, abs=10)
-    assert 2.0 < cal["residual_sd_fl"] < 8.0  # the 4 fL scatter, in true fL
-    fresh = rng.uniform(55, 145, 200)
-    back = np.array([calibrate_mdw({"sd_fl": m, "sd_ci95_fl": [m - 5, m + 5], "mean_fl": 450.0},
-                                   cal)["sd_fl"] for m in measured(fresh, 200)])
-    raw_err = np.abs(measured(fresh, 200) / fresh - 1)
-    assert np.median(np.abs(back / fresh - 1)) < 0.06 < np.median(raw_err)
-    with pytest.raises(ValueError, match="at least 3 captures"):
-        fit_mdw_calibration(np.array([80.0, 90.0]), np.array([60.0, 70.0]))
-    # the card's section: broken or implausible figures are ignored
-    good = {"slope": 0.85, "intercept_fl": 30.0, "residual_sd_fl": 5.0}
-    assert mdw_calibration({"mdw_calibration": {**good, "points": []}}) == good
-    for bad in ({**good, "slope": 0.1}, {**good, "slope": float("nan")}, {**good, "residual_sd_fl": -1},
-                {"slope": 0.85}, "garbage"):
-        assert mdw_calibration({"mdw_calibration": bad}) is None
-    assert mdw_calibration({}) is None
-    # in a result: the measured SD is kept, the interval widened, the flag on the true scale
-    cells = [CellCall(x=0, y=0, cls="monocyte", confidence=0.9, diameter_um=9, volume_fl=v,
-                      depth_um=0, clump=False, probabilities={"monocyte": 1.0})
-             for v in rng.normal(450, 95, 300)]  # CV 21 % measured
-    kw = dict(imaged_area_mm2=20.0, chamber_height_um=100.0, dilution=10.0, qc_flags=[])
-    raw = summarise(cells, **kw)
-    fixed = summarise(cells, **kw, mdw_cal=good)
-    assert "MDW_HIGH" in raw["flags"] and "MDW_HIGH" not in fixed["flags"]
-    m = fixed["mdw"]
-    assert m["calibrated"] and m["sd_measured_fl"] == raw["mdw"]["sd_fl"]
-    assert m["sd_fl"] == pytest.approx((raw["mdw"]["sd_fl"] - 30.0) / 0.85, abs=0.1)
-    lo, hi = m["sd_ci95_fl"]
-    rlo, rhi = raw["mdw"]["sd_ci95_fl"]
-    assert lo < m["sd_fl"] < hi and hi - lo > (rhi - rlo) / 0.85
-    assert m["cv_pct"] == pytest.approx(100 * m["sd_fl"] / m["mean_fl"], abs=0.1)
-    few = monocyte_distribution_width(cells[:10])
-    assert calibrate_mdw(few, good) == few  # nothing reported: nothing to calibrate
-
-
-def test_mdw_calibration_is_fitted_on_method_captures_only(tmp_path):
-    from inference.evaluate import main
-
-    with pytest.raises(SystemExit, match="in the card's test set"):
-        main(["--out", str(tmp_path / "m"), "--captures", "2", "--write-mdw-calibration"])
-    with pytest.raises(SystemExit, match="needs --split test"):
-        main(["--out", str(tmp_path / "m"), "--split", "train", "--write-mdw-calibration"])
-    assert not (tmp_path / "m").exists()
 
 
 def test_adapt_priors_recovers_the_sample_mix():
