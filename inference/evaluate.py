@@ -416,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="held-out", help="folder of the test captures (reused)")
     ap.add_argument("--captures", type=int, default=18)
     ap.add_argument("--size", type=int, default=1024, help="frame size (0: full sensor)")
-    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--start", type=int, action="append",
+                    help="index of the first capture (default 0); repeatable: --captures from each")
     ap.add_argument("--dies", type=int, default=1, help="LED dies per colour of the test captures")
     ap.add_argument("--model", action="append", help="model .onnx (repeatable; default: the "
                                                      "shipped INT8 model and its FP32 twin)")
@@ -437,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                          "(a method-comparison set: test conditions, captures apart from the "
                          "card's test set)")
     args = ap.parse_args(argv)
+    starts = args.start or [0]
+    indices = [i for start in starts for i in range(start, start + args.captures)]
 
     def log(m: str) -> None:
         print(m, file=sys.stderr, flush=True)
@@ -450,14 +453,15 @@ def main(argv: list[str] | None = None) -> int:
                              "measured under the conditions the analysis is tested in")
         tested = json.loads(card_path.read_text()).get("accuracy", {}).get("test_set", {})
         names = {capture_name(i, size=args.size, split=args.split, dies=args.dies)
-                 for i in range(args.start, args.start + args.captures)}
+                 for i in indices}
         shared = sorted(names & set(tested.get("captures", [])))
         if shared:
             raise SystemExit(f"{shared[0]} is in the card's test set: measure the method error "
                              "on other captures (--start past the test set's) so that the "
                              "test set's coverage stays a test")
-    caps = make_test_captures(Path(args.out), args.captures, size=args.size, start=args.start,
-                              split=args.split, dies=args.dies, log=log)
+    caps = [p for start in starts
+            for p in make_test_captures(Path(args.out), args.captures, size=args.size, start=start,
+                                        split=args.split, dies=args.dies, log=log)]
     rep = evaluate(caps, models, log=log, fresh=args.fresh)
     if args.write_confusion:
         if args.split != "train":
@@ -490,7 +494,10 @@ def main(argv: list[str] | None = None) -> int:
         card["accuracy"]["test_set"] = {
             "captures": [p.name for p in caps],
             "conditions": "inference.dataset.SPLITS['test'] (disjoint from training), "
-                          f"seeds from {SEED_BASE['test'] + 100_000 + args.start}",
+                          "seeds " + ", ".join(
+                              f"{SEED_BASE['test'] + 100_000 + i}-"
+                              f"{SEED_BASE['test'] + 100_000 + i + args.captures - 1}"
+                              for i in starts),
             "command": "holodiff evaluate " + " ".join(argv or sys.argv[1:])}
         card_path.write_text(json.dumps(card, indent=1) + "\n")
         log(f"updated {card_path}")

@@ -258,6 +258,9 @@ def test_method_error_is_never_measured_on_the_test_set(tmp_path):
     assert first == capture_name(0, size=1024)
     with pytest.raises(SystemExit, match="in the card's test set"):
         main(["--out", str(tmp_path / "m"), "--captures", "2", "--write-method-error"])
+    with pytest.raises(SystemExit, match=f"{first} is in the card's test set"):  # any --start
+        main(["--out", str(tmp_path / "m"), "--captures", "2", "--start", "900", "--start", "0",
+              "--write-method-error"])
     with pytest.raises(SystemExit, match="needs --split test"):
         main(["--out", str(tmp_path / "m"), "--split", "train", "--write-method-error"])
     assert not (tmp_path / "m").exists()  # refused before anything was simulated
