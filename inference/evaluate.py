@@ -163,6 +163,30 @@ def _accuracy_interval(captures: list[list[tuple[int, int]]], same, conf: float 
     return [round(float(lo), 4), round(float(hi), 4)]
 
 
+def _per_capture(names: list[str], captures: list[list[tuple[int, int]]], gran: list[str]
+                 ) -> dict[str, Any] | None:
+    """Each capture's own 5-part and 3-part accuracy, and their median over captures.
+
+    The pooled accuracy weighs every cell alike, so a few large captures of an
+    easy mix (mostly neutrophils and lymphocytes) can carry it; the median
+    capture says what one sample reads.
+    """
+    rows = []
+    for name, pairs in zip(names, captures, strict=True):
+        if not pairs:
+            continue
+        ok5 = sum(1 for t, c in pairs if t == c)
+        ok3 = sum(1 for t, c in pairs if c < len(gran) and gran[t] == gran[c])
+        rows.append({"capture": name, "cells": len(pairs),
+                     "accuracy_5part": round(ok5 / len(pairs), 4),
+                     "accuracy_3part": round(ok3 / len(pairs), 4)})
+    if not rows:
+        return None
+    return {"median_5part": round(float(np.median([r["accuracy_5part"] for r in rows])), 4),
+            "median_3part": round(float(np.median([r["accuracy_3part"] for r in rows])), 4),
+            "rows": rows}
+
+
 def _confusion(pairs: list[tuple[int, int]], k: int) -> np.ndarray:
     m = np.zeros((k, k + 1), np.int64)  # last column: not classified (low confidence)
     for t, c in pairs:
@@ -220,7 +244,7 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
     acc: dict[str, dict[str, Any]] = {
         name: {"pairs": [], "vol_err": [], "wbc_ratio": [], "coverage5": [], "coverage3": [],
                "mdw": [], "tp": 0, "fp": 0, "fn": 0, "crops_per_s": [], "err5": [], "err3": [],
-               "captures": [],
+               "captures": [], "names": [],
                "raw_confusion": np.zeros((len(WBC_CLASSES), len(WBC_CLASSES)), np.int64)}
         for name in models}
     for path in captures:
@@ -281,6 +305,7 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
                     a["fp"] += 1
             a["fn"] += sum(1 for j in wbc_truth if j not in called_wbc)
             a["captures"].append(a["pairs"][first_pair:])
+            a["names"].append(path.name)
             if s["wbc_per_uL"] and implied > 0:
                 a["wbc_ratio"].append(s["wbc_per_uL"] / implied)
             n = s["cells_classified"]
@@ -337,6 +362,7 @@ def _report(a: dict[str, Any]) -> dict[str, Any]:
         "accuracy_3part_ci95": _accuracy_interval(
             a["captures"], lambda t, c: c < K and gran[t] == gran[c]),
         "captures": len(a["captures"]),
+        "per_capture": _per_capture(a["names"], a["captures"], gran),
         "per_class": per_class,
         "confusion_5part": {"rows_truth": list(WBC_CLASSES),
                             "columns_call": [*WBC_CLASSES, "unclassified"],
@@ -376,6 +402,12 @@ def format_report(rep: dict[str, Any]) -> str:
         lines.append(f"  accuracy 5-part {r['accuracy_5part']} (95 % over captures "
                      f"{r['accuracy_5part_ci95']}), 3-part {r['accuracy_3part']} "
                      f"({r['accuracy_3part_ci95']}); {r['captures']} captures")
+        pc = r.get("per_capture")
+        if pc:
+            lines.append(f"  per capture (median capture 5-part {pc['median_5part']}, 3-part "
+                         f"{pc['median_3part']}):")
+            lines.extend(f"    {c['capture']}: {c['cells']} cells, 5-part {c['accuracy_5part']}, "
+                         f"3-part {c['accuracy_3part']}" for c in pc["rows"])
         for cls, v in r["per_class"].items():
             lines.append(f"    {cls:<11} n={v['n']:<5} recall {v['recall']}  precision {v['precision']}")
         lines.append("  confusion (rows truth, columns call; last column unclassified):")

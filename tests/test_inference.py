@@ -238,7 +238,7 @@ def test_evaluation_reports_mdw_per_capture():
     acc = {"pairs": [(0, 0)] * 9 + [(2, 0)], "vol_err": [1.0, -3.0], "wbc_ratio": [1.01],
            "coverage5": [True], "coverage3": [True], "tp": 10, "fp": 0, "fn": 1,
            "crops_per_s": [100.0], "err5": [], "err3": [], "captures": [[(0, 0)] * 9 + [(2, 0)]],
-           "raw_confusion": np.zeros((K, K), np.int64),
+           "names": ["a-healthy"], "raw_confusion": np.zeros((K, K), np.int64),
            "mdw": [("a-healthy", 85.0, 62.0), ("b-septic", 140.0, 136.0), ("c-septic", 120.0, 127.0)]}
     m = _report(acc)["mdw"]
     assert m["captures"] == 3 and m["within_10pct"] == 2  # +37 %, +3 %, -6 %
@@ -247,6 +247,29 @@ def test_evaluation_reports_mdw_per_capture():
     text = format_report({"m": _report(acc)})
     assert "MDW: 3 captures" in text and "a-healthy: 85.0 fL, true 62.0 fL" in text
     assert "no capture with enough monocytes" in format_report({"m": _report({**acc, "mdw": []})})
+
+
+def test_evaluation_reports_each_captures_own_accuracy():
+    """A large easy capture carries the pooled accuracy; the median capture does not hide behind it."""
+    from inference.evaluate import _report, format_report
+
+    K = len(WBC_CLASSES)
+    easy = [(0, 0)] * 980 + [(2, 0)] * 20  # 1,000 cells, 0.98 (a monocyte called a neutrophil)
+    hard = [(0, 0)] * 80 + [(2, 0)] * 15 + [(2, 2)] * 5  # 100 cells, 0.85; 3-part too
+    mixed = [(3, 0)] * 10 + [(1, 1)] * 80 + [(2, K)] * 10  # eosinophils as neutrophils; 10 unclassified
+    acc = {"pairs": easy + hard + mixed, "vol_err": [1.0], "wbc_ratio": [1.0], "coverage5": [True],
+           "coverage3": [True], "tp": 1200, "fp": 0, "fn": 0, "crops_per_s": [1.0], "err5": [],
+           "err3": [], "captures": [easy, hard, mixed], "names": ["easy", "hard", "mixed"],
+           "raw_confusion": np.zeros((K, K), np.int64), "mdw": []}
+    rep = _report(acc)
+    assert rep["accuracy_5part"] == pytest.approx((980 + 85 + 80) / 1200, abs=1e-4)
+    pc = rep["per_capture"]
+    assert [r["capture"] for r in pc["rows"]] == ["easy", "hard", "mixed"]
+    assert [r["accuracy_5part"] for r in pc["rows"]] == [0.98, 0.85, 0.8]
+    assert [r["accuracy_3part"] for r in pc["rows"]] == [0.98, 0.85, 0.9]  # E as N is a right group
+    assert pc["median_5part"] == 0.85 < rep["accuracy_5part"]
+    text = format_report({"m": rep})
+    assert "median capture 5-part 0.85" in text and "hard: 100 cells, 5-part 0.85" in text
 
 
 def test_method_error_is_never_measured_on_the_test_set(tmp_path):
