@@ -1,0 +1,179 @@
+"""Where the MDW's error comes from: cell volumes or cell classes (on demand).
+
+    python tests/benchmarks/bench_mdw.py DIR [DIR ...] [--model M.onnx] [--json]
+
+DIR holds captures that ``holodiff evaluate`` has analysed (their cached
+detections are used), e.g. the nine held-out full-sensor captures of
+``holodiff evaluate --out /tmp/heldfull --size 0 --captures 9``. For every
+capture with at least :data:`inference.result.MDW_MIN_MONOCYTES` true
+monocytes in the image it reports:
+
+- ``true``: the SD of the true monocytes' true volumes (the evaluation's truth);
+- ``perfect classes``: the SD of the network's volumes of the true monocytes
+  it found, i.e. the MDW a perfect classifier would report with this volume
+  measurement;
+- ``reported``: the analysis's MDW (every white cell weighted by its monocyte
+  probability, :func:`inference.result.monocyte_distribution_width`);
+- where that monocyte weight lies: on true monocytes, on neutrophils, on other
+  cells, against the true number of monocytes;
+- how well monocytes and neutrophils are told apart (area under the ROC
+  curve, Hanley & McNeil, Radiology 143(1):29, 1982, as the Mann-Whitney
+  statistic): by the network's score ``log p(M) / p(N)``, by the network's
+  volume alone, and by a logistic regression on the volume and each
+  wavelength's integrated extinction ``sum(1 - |u|^2)`` and optical path
+  ``sum(-arg u)`` over a 7.5 um disk of the refocused crop, per volume
+  (fitted on the other captures: leave one capture out).
+
+If ``perfect classes`` lies near ``true`` and ``reported`` far from it, the
+error is the classes'; if the network's score separates monocytes from
+neutrophils no better than their volume does, the monocyte weight on a
+neutrophil is a function of its size, and no re-weighting of the same cells
+can take the neutrophils' large cells out of the monocytes' distribution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.stats import mannwhitneyu
+
+from holography.sample import N_MEDIUM
+from inference.classify import ONNX_MODEL, Classifier
+from inference.dataset import match
+from inference.detect import CROP_PIXEL_UM, CROP_SIZE
+from inference.evaluate import _detections
+from inference.result import MDW_MIN_MONOCYTES, call_cells, monocyte_distribution_width
+
+#: radius (um, sample plane) of the disk the crop's extinction and optical path are summed over
+DISK_UM = 7.5
+
+
+def auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``score`` for ``positive`` against the rest."""
+    pos, neg = score[positive], score[~positive]
+    if not len(pos) or not len(neg):
+        return math.nan
+    return float(mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg)))
+
+
+def crop_features(crops: np.ndarray, volumes: np.ndarray) -> np.ndarray:
+    """Per crop: log volume, then each wavelength's extinction and optical path per fL."""
+    yy, xx = np.mgrid[:CROP_SIZE, :CROP_SIZE] - (CROP_SIZE - 1) / 2
+    disk = np.hypot(yy, xx) * CROP_PIXEL_UM < DISK_UM
+    u = (1 + crops[:, 0::2].astype(np.float64)) + 1j * crops[:, 1::2]
+    area = CROP_PIXEL_UM ** 2
+    ext = ((1 - np.abs(u) ** 2) * disk).sum((-1, -2)) * area
+    path = -(np.angle(u) * disk).sum((-1, -2)) * area
+    v = np.maximum(volumes, 1.0)[:, None]
+    return np.c_[np.log(v), ext / v, path / v]
+
+
+def logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-2):
+    """A standardised L2 logistic regression; returns its score function."""
+    mu, sd = X.mean(0), X.std(0) + 1e-9
+
+    def design(Z: np.ndarray) -> np.ndarray:
+        return np.c_[np.ones(len(Z)), (Z - mu) / sd]
+
+    A = design(X)
+
+    def loss(w: np.ndarray) -> float:
+        s = A @ w
+        return float(np.mean(np.logaddexp(0, s) - y * s) + l2 * np.sum(w[1:] ** 2))
+
+    w = minimize(loss, np.zeros(A.shape[1]), method="L-BFGS-B").x
+    return lambda Z: design(Z) @ w
+
+
+def capture(path: Path, clf: Classifier) -> dict | None:
+    """One capture's monocytes and neutrophils, their scores, and its MDW figures."""
+    det, truth, shape = _detections(path, False)
+    chamber = json.loads((path / "capture.json").read_text())["chamber"]
+    objs = truth["objects"]
+    mono_true = [o["volume_fl"] for o in objs if o["kind"] == "monocyte"
+                 and 0 <= o["x_px"] < shape[1] and 0 <= o["y_px"] < shape[0]]
+    if len(mono_true) < MDW_MIN_MONOCYTES:
+        return None
+    crops = det.plain_crops if det.plain_crops is not None else det.crops
+    probs, vols = clf.classify_candidates(det.candidates, crops)
+    calls = call_cells(det.candidates, probs, vols, clf.classes,
+                       chamber_eq_um=chamber["height_um"] / N_MEDIUM, train_priors=clf.train_priors)
+    idx, _ = match(np.array([[c.x, c.y] for c in det.candidates]).reshape(-1, 2), truth,
+                   det.pixel_um, shape)
+    kind = np.array([objs[j]["kind"] if j >= 0 else "" for j in idx], object)
+    # the white cells the analysis counts and takes the MDW over (inference.result.summarise)
+    white = np.array([c.cls is not None or c.reject_reason == "low confidence" for c in calls])
+    w = np.array([c.probabilities.get("monocyte", 0.0) if ok else 0.0
+                  for c, ok in zip(calls, white, strict=True)])
+    m, n = kind == "monocyte", kind == "neutrophil"
+    raw = np.asarray(probs, np.float64)
+    iM, iN = clf.classes.index("monocyte"), clf.classes.index("neutrophil")
+    sel = (m | n) & white
+    return {
+        "capture": path.name, "monocytes": len(mono_true),
+        "true_fl": float(np.std(mono_true, ddof=1)),
+        "perfect_classes_fl": float(np.std(vols[m & white], ddof=1)),
+        "reported_fl": monocyte_distribution_width(
+            [c for c, ok in zip(calls, white, strict=True) if ok])["sd_fl"],
+        "weight": {"monocytes": float(w[m].sum()), "neutrophils": float(w[n].sum()),
+                   "other": float(w[~m & ~n].sum())},
+        "score": (np.log(raw[:, iM] + 1e-9) - np.log(raw[:, iN] + 1e-9))[sel],
+        "volume": vols[sel], "features": crop_features(crops[sel], vols[sel]),
+        "is_monocyte": m[sel],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dirs", nargs="+", help="folders of captures analysed by holodiff evaluate")
+    ap.add_argument("--model", default=str(ONNX_MODEL))
+    ap.add_argument("--json", action="store_true", help="the rows as JSON on stdout")
+    args = ap.parse_args()
+    clf = Classifier(args.model)
+    caps = [c for d in args.dirs for p in sorted(Path(d).iterdir())
+            if (p / "truth.json").exists() and (c := capture(p, clf)) is not None]
+    if len(caps) < 2:
+        raise SystemExit(f"need at least two captures with {MDW_MIN_MONOCYTES} true monocytes")
+    rows = []
+    for i, c in enumerate(caps):
+        others = [o for j, o in enumerate(caps) if j != i]
+        fit = logistic(np.vstack([o["features"] for o in others]),
+                       np.concatenate([o["is_monocyte"] for o in others]).astype(np.float64))
+        y = c["is_monocyte"]
+        row = {k: c[k] for k in ("capture", "monocytes", "true_fl", "perfect_classes_fl",
+                                 "reported_fl", "weight")}
+        row["auc"] = {"network": auc(c["score"], y), "volume": auc(c["volume"], y),
+                      "volume_extinction_path": auc(fit(c["features"]), y)}
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return
+
+    def pct(v: float | None, true: float) -> str:
+        return "   -  " if v is None else f"{100 * (v / true - 1):+5.0f} %"
+
+    print(f"{'capture':<34} {'mono':>5} {'true':>6} {'perfect':>14} {'reported':>14}  "
+          f"weight M / N / other    AUC net / vol / vol+ext+path")
+    for r in rows:
+        t, w, a = r["true_fl"], r["weight"], r["auc"]
+        rep = "     -        " if r["reported_fl"] is None else \
+            f"{r['reported_fl']:6.1f} {pct(r['reported_fl'], t)}"
+        print(f"{r['capture']:<34} {r['monocytes']:>5} {t:6.1f} {r['perfect_classes_fl']:6.1f} "
+              f"{pct(r['perfect_classes_fl'], t)} {rep}  {w['monocytes']:5.0f} / "
+              f"{w['neutrophils']:5.0f} / {w['other']:4.0f}    {a['network']:.3f} / "
+              f"{a['volume']:.3f} / {a['volume_extinction_path']:.3f}")
+    err_p = [100 * (r["perfect_classes_fl"] / r["true_fl"] - 1) for r in rows]
+    err_r = [100 * (r["reported_fl"] / r["true_fl"] - 1) for r in rows if r["reported_fl"]]
+    gain = [r["auc"]["network"] - r["auc"]["volume"] for r in rows]
+    print(f"median |error|: perfect classes {np.median(np.abs(err_p)):.1f} %, reported "
+          f"{np.median(np.abs(err_r)):.1f} % ({len(err_r)} reported); network AUC above volume "
+          f"alone by {min(gain):+.3f} to {max(gain):+.3f}")
+
+
+if __name__ == "__main__":
+    main()
