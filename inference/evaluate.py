@@ -12,7 +12,8 @@ model:
 - per-cell 5-part and 3-part accuracy with confusion matrices (rows truth,
   columns call; cells rejected as "low confidence" are counted as errors), and
   the accuracy's 95 % interval over captures (a capture's class mix moves it:
-  a set with many monocytes reads lower);
+  a set with many monocytes reads lower), and each capture's own accuracy with
+  the median capture's (``per_capture``);
 - volume error of correctly detected white cells (median absolute percent);
 - WBC per uL against the count implied by the imaged volume and the truth (the
   true white cells in the analysis's counting frame over that frame's true volume);
