@@ -3,7 +3,9 @@ one-line reason, and the active model stays active and working."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from device.golden import GoldenMismatch
+from device.golden import TOLERANCES, GoldenMismatch, check_golden, reference_results
 from device.models import ModelSlots, SlotError
 from device.store import ResultsDB
 from inference.bundle import (
@@ -57,6 +59,23 @@ def shipped():
     return read_bundle(DEFAULT_MODEL)
 
 
+@pytest.fixture(scope="module")
+def source(shipped, golden_cache, tmp_path_factory):
+    """The shipped bundle's files with golden results made by this software on this machine.
+
+    The test bundles are signed from it as ``holodiff model sign`` signs: the shipped
+    bundle's own golden results were made with the numerical libraries of the day it was
+    signed, and a newer onnxruntime or OpenCV moves a few borderline cells (within the
+    golden tolerances: ``test_shipped_bundle_holds_its_golden_results``).
+    """
+    d = tmp_path_factory.mktemp("source")
+    (d / "wbc5.onnx").write_bytes(shipped.files[MODEL])
+    (d / "wbc5.card.json").write_bytes(shipped.files[CARD])
+    golden = reference_results(d / "wbc5.onnx", golden_cache)
+    return dataclasses.replace(shipped, files={**shipped.files,
+                                               GOLDEN: json.dumps(golden).encode()})
+
+
 def _make(keys, tmp, name, *, counter, key="test", model=None, golden=None, version="1.0.1",
           min_software="0.1.0", shipped_bundle=None):
     b = shipped_bundle or read_bundle(DEFAULT_MODEL)
@@ -81,13 +100,13 @@ def _retar(src: Path, dst: Path, change) -> Path:
 
 
 @pytest.fixture(scope="module")
-def installed_home(tmp_path_factory, keys, golden_cache, shipped):
+def installed_home(tmp_path_factory, keys, golden_cache, source):
     """A home with a test-key bundle (counter 5) installed through the real path, once."""
     mp = pytest.MonkeyPatch()
     mp.setenv("HOLODIFF_HARDWARE", str(keys["hw"]))
     tmp = tmp_path_factory.mktemp("installed")
     s = ModelSlots(tmp / "home", golden_cache=golden_cache)
-    good = _make(keys, tmp, "good.hdmodel", counter=5, shipped_bundle=shipped)
+    good = _make(keys, tmp, "good.hdmodel", counter=5, shipped_bundle=source)
     rep = s.install(good, user="svc1")
     mp.undo()
     assert rep.slot == "A" and rep.golden.captures[0]["agreement"] == 1.0
@@ -117,6 +136,18 @@ def test_shipped_model_is_a_verified_signed_bundle(shipped):
     assert clf.info.sha256 == __import__("hashlib").sha256(shipped.files[MODEL]).hexdigest()
 
 
+def test_shipped_bundle_holds_its_golden_results(shipped, golden_cache, tmp_path):
+    """The release bundle's golden results, made when it was signed, hold on this software
+    within the golden tolerances, on frames regenerated bit for bit from their recipes."""
+    (tmp_path / "wbc5.onnx").write_bytes(shipped.files[MODEL])
+    (tmp_path / "wbc5.card.json").write_bytes(shipped.files[CARD])
+    rep = check_golden(tmp_path / "wbc5.onnx", shipped.golden(), golden_cache)
+    assert rep.frames_identical and len(rep.captures) == 3
+    for row in rep.captures:
+        assert row["agreement"] >= TOLERANCES["call_agreement_min"], row
+        assert row["max_percent_diff"] <= TOLERANCES["percent_abs_max"], row
+
+
 @pytest.mark.parametrize("attack, words", [
     ("wrong key", "does not verify with any trusted key"),
     ("bad signature", "does not verify with any trusted key"),
@@ -133,11 +164,11 @@ def test_shipped_model_is_a_verified_signed_bundle(shipped):
     ("newer software needed", "needs software 99.0.0"),
 ])
 def test_attacks_are_refused_and_the_active_model_stays(attack, words, slots, keys, tmp_path,
-                                                        shipped):
-    good = _make(keys, tmp_path, "next.hdmodel", counter=6, shipped_bundle=shipped)
+                                                        source):
+    good = _make(keys, tmp_path, "next.hdmodel", counter=6, shipped_bundle=source)
     bad = tmp_path / "bad.hdmodel"
     if attack == "wrong key":
-        bad = _make(keys, tmp_path, "bad.hdmodel", counter=6, key="rogue", shipped_bundle=shipped)
+        bad = _make(keys, tmp_path, "bad.hdmodel", counter=6, key="rogue", shipped_bundle=source)
     elif attack == "bad signature":
         _retar(good, bad, lambda n, d: (n, bytes([d[0] ^ 1]) + d[1:]) if n == SIGNATURE else (n, d))
     elif attack == "manifest edited":
@@ -170,7 +201,7 @@ def test_attacks_are_refused_and_the_active_model_stays(attack, words, slots, ke
         bad.write_bytes(b"MZ" + os.urandom(4000))
     elif attack == "newer software needed":
         bad = _make(keys, tmp_path, "bad.hdmodel", counter=6, min_software="99.0.0",
-                    shipped_bundle=shipped)
+                    shipped_bundle=source)
     with pytest.raises(BundleError, match=words) as err:
         slots.install(bad, user="svc1")
     assert "\n" not in str(err.value)
@@ -178,13 +209,13 @@ def test_attacks_are_refused_and_the_active_model_stays(attack, words, slots, ke
     assert not (slots.dir / "B" / "bundle.hdmodel").exists()
 
 
-def test_rollback_counter_is_refused_unless_forced_with_a_reason(slots, keys, tmp_path, shipped):
-    old = _make(keys, tmp_path, "old.hdmodel", counter=3, version="0.9.0", shipped_bundle=shipped)
+def test_rollback_counter_is_refused_unless_forced_with_a_reason(slots, keys, tmp_path, source):
+    old = _make(keys, tmp_path, "old.hdmodel", counter=3, version="0.9.0", shipped_bundle=source)
     with pytest.raises(SlotError, match="lower than the active model's"):
         slots.install(old, user="svc1")
     _still_working(slots)
     same_counter = _make(keys, tmp_path, "same.hdmodel", counter=5, version="1.0.9",
-                         shipped_bundle=shipped)
+                         shipped_bundle=source)
     with pytest.raises(SlotError, match="needs a higher counter"):
         slots.install(same_counter, user="svc1")
     rep = slots.install(old, user="svc2", force_reason="field recall of 1.0.1")
@@ -196,18 +227,18 @@ def test_rollback_counter_is_refused_unless_forced_with_a_reason(slots, keys, tm
         db.verify_audit()
 
 
-def test_model_that_misses_its_golden_results_is_refused(slots, keys, tmp_path, shipped):
+def test_model_that_misses_its_golden_results_is_refused(slots, keys, tmp_path, source):
     # a validly signed bundle whose model (the FP32 twin) does not reproduce the golden results
     fp32 = _make(keys, tmp_path, "fp32.hdmodel", counter=7,
-                 model=ONNX_MODEL.with_suffix(".fp32.onnx").read_bytes(), shipped_bundle=shipped)
+                 model=ONNX_MODEL.with_suffix(".fp32.onnx").read_bytes(), shipped_bundle=source)
     with pytest.raises(GoldenMismatch, match="differ from its golden results"):
         slots.install(fp32, user="svc1")
     _still_working(slots)
     assert not (slots.dir / "B" / "bundle.hdmodel").exists()  # nothing failing left in a slot
 
 
-def test_list_activate_rollback_are_audited(slots, keys, tmp_path, shipped):
-    new = _make(keys, tmp_path, "new.hdmodel", counter=8, version="1.1.0", shipped_bundle=shipped)
+def test_list_activate_rollback_are_audited(slots, keys, tmp_path, source):
+    new = _make(keys, tmp_path, "new.hdmodel", counter=8, version="1.1.0", shipped_bundle=source)
     assert slots.install(new, user="svc1").slot == "B"
     rows = {r["slot"]: r for r in slots.list()}
     assert rows["B"]["active"] and rows["A"]["previous"] and rows["B"]["version"] == "1.1.0"
@@ -222,8 +253,8 @@ def test_list_activate_rollback_are_audited(slots, keys, tmp_path, shipped):
         slots.activate("C", user="x")
 
 
-def test_start_falls_back_when_the_active_slot_does_not_verify(slots, keys, tmp_path, shipped):
-    new = _make(keys, tmp_path, "new.hdmodel", counter=8, shipped_bundle=shipped)
+def test_start_falls_back_when_the_active_slot_does_not_verify(slots, keys, tmp_path, source):
+    new = _make(keys, tmp_path, "new.hdmodel", counter=8, shipped_bundle=source)
     slots.install(new, user="svc1")  # B active, A previous
     p = slots.slot_path("B")
     p.write_bytes(p.read_bytes()[:40_000])  # the SD card lost most of the file
@@ -243,8 +274,8 @@ WRITER = Path(__file__).with_name("install_writer.py")
 
 
 @pytest.mark.parametrize("step", ["verify", "write", "reverify", "golden", "switch", "audit"])
-def test_power_cut_at_each_install_step(step, slots, keys, tmp_path, golden_cache, shipped):
-    new = _make(keys, tmp_path, "new.hdmodel", counter=9, shipped_bundle=shipped)
+def test_power_cut_at_each_install_step(step, slots, keys, tmp_path, golden_cache, source):
+    new = _make(keys, tmp_path, "new.hdmodel", counter=9, shipped_bundle=source)
     env = dict(os.environ, HOLODIFF_HARDWARE=str(keys["hw"]))
     r = subprocess.run([sys.executable, str(WRITER), str(slots.root), str(new), step,
                         str(golden_cache)], capture_output=True, text=True, env=env, timeout=300)
