@@ -65,8 +65,8 @@ def source(shipped, golden_cache, tmp_path_factory):
 
     The test bundles are signed from it as ``holodiff model sign`` signs: the shipped
     bundle's own golden results were made with the numerical libraries of the day it was
-    signed, and a newer onnxruntime or OpenCV moves a few borderline cells (within the
-    golden tolerances: ``test_shipped_bundle_holds_its_golden_results``).
+    signed, and other versions of them move a few borderline cells (within the golden
+    tolerances: ``test_shipped_bundle_holds_its_golden_results``).
     """
     d = tmp_path_factory.mktemp("source")
     (d / "wbc5.onnx").write_bytes(shipped.files[MODEL])
