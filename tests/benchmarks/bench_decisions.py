@@ -18,17 +18,14 @@ network that separates the classes better, not a better decision.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
+from evaluated import analysed, each_capture  # beside this file
 
-from holography.sample import N_MEDIUM, WBC_CLASSES
-from inference.classify import ONNX_MODEL, Classifier
-from inference.dataset import match
-from inference.evaluate import _detections
-from inference.result import call_cells
+from holography.sample import WBC_CLASSES
+from inference.classify import Classifier
 
 #: the offsets tried for each class (natural-log units)
 GRID = np.linspace(-8.0, 8.0, 161)
@@ -58,15 +55,8 @@ def best_offsets(logp: np.ndarray, truth: np.ndarray, sweeps: int = 6) -> tuple[
 
 def capture(path: Path, clf: Classifier) -> dict | None:
     """The analysis's 5-part accuracy on one capture and the best offsets' (white cells it counts)."""
-    det, truth, shape = _detections(path, False)
-    chamber = json.loads((path / "capture.json").read_text())["chamber"]
-    crops = det.plain_crops if det.plain_crops is not None else det.crops
-    probs, vols = clf.classify_candidates(det.candidates, crops)
-    calls = call_cells(det.candidates, probs, vols, clf.classes,
-                       chamber_eq_um=chamber["height_um"] / N_MEDIUM, train_priors=clf.train_priors)
-    idx, _ = match(np.array([[c.x, c.y] for c in det.candidates]).reshape(-1, 2), truth,
-                   det.pixel_um, shape)
-    kind = [truth["objects"][j]["kind"] if j >= 0 else None for j in idx]
+    a = analysed(path, clf)
+    probs, calls, kind = a.probs, a.calls, a.kind
     # the evaluation's pairs: true white cells the analysis counts (low-confidence ones as errors)
     sel = np.array([k in WBC_CLASSES and (c.cls is not None or c.reject_reason == "low confidence")
                     for k, c in zip(kind, calls, strict=True)])
@@ -85,14 +75,7 @@ def capture(path: Path, clf: Classifier) -> dict | None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dirs", nargs="+", help="folders of captures analysed by holodiff evaluate")
-    ap.add_argument("--model", default=str(ONNX_MODEL))
-    ap.add_argument("--json", action="store_true", help="the rows as JSON on stdout")
-    args = ap.parse_args()
-    clf = Classifier(args.model)
-    rows = [r for d in args.dirs for p in sorted(Path(d).iterdir())
-            if (p / "truth.json").exists() and (r := capture(p, clf)) is not None]
+    args, rows = each_capture(__doc__, capture)
     if args.json:
         print(json.dumps(rows, indent=1))
         return

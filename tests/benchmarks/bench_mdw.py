@@ -38,21 +38,18 @@ can take the neutrophils' large cells out of the monocytes' distribution.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 
 import numpy as np
+from evaluated import analysed, each_capture  # beside this file
 from scipy.optimize import minimize
 from scipy.stats import mannwhitneyu
 
-from holography.sample import N_MEDIUM
-from inference.classify import ONNX_MODEL, Classifier
-from inference.dataset import match
+from inference.classify import Classifier
 from inference.detect import CROP_PIXEL_UM, CROP_SIZE
-from inference.evaluate import _detections
-from inference.result import MDW_MIN_MONOCYTES, call_cells, monocyte_distribution_width
+from inference.result import MDW_MIN_MONOCYTES, monocyte_distribution_width
 
 #: radius (um, sample plane) of the disk the crop's extinction and optical path are summed over
 DISK_UM = 7.5
@@ -116,20 +113,14 @@ def two_populations(volumes: np.ndarray, start: np.ndarray, iterations: int = 30
 
 def capture(path: Path, clf: Classifier) -> dict | None:
     """One capture's monocytes and neutrophils, their scores, and its MDW figures."""
-    det, truth, shape = _detections(path, False)
-    chamber = json.loads((path / "capture.json").read_text())["chamber"]
-    objs = truth["objects"]
+    a = analysed(path, clf)
+    objs, shape = a.truth["objects"], a.shape
     mono_true = [o["volume_fl"] for o in objs if o["kind"] == "monocyte"
                  and 0 <= o["x_px"] < shape[1] and 0 <= o["y_px"] < shape[0]]
     if len(mono_true) < MDW_MIN_MONOCYTES:
         return None
-    crops = det.plain_crops if det.plain_crops is not None else det.crops
-    probs, vols = clf.classify_candidates(det.candidates, crops)
-    calls = call_cells(det.candidates, probs, vols, clf.classes,
-                       chamber_eq_um=chamber["height_um"] / N_MEDIUM, train_priors=clf.train_priors)
-    idx, _ = match(np.array([[c.x, c.y] for c in det.candidates]).reshape(-1, 2), truth,
-                   det.pixel_um, shape)
-    kind = np.array([objs[j]["kind"] if j >= 0 else "" for j in idx], object)
+    crops, probs, vols, calls = a.crops, a.probs, a.volumes, a.calls
+    kind = np.array([k or "" for k in a.kind], object)
     # the white cells the analysis counts and takes the MDW over (inference.result.summarise)
     white = np.array([c.cls is not None or c.reject_reason == "low confidence" for c in calls])
     w = np.array([c.probabilities.get("monocyte", 0.0) if ok else 0.0
@@ -159,14 +150,7 @@ def capture(path: Path, clf: Classifier) -> dict | None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dirs", nargs="+", help="folders of captures analysed by holodiff evaluate")
-    ap.add_argument("--model", default=str(ONNX_MODEL))
-    ap.add_argument("--json", action="store_true", help="the rows as JSON on stdout")
-    args = ap.parse_args()
-    clf = Classifier(args.model)
-    caps = [c for d in args.dirs for p in sorted(Path(d).iterdir())
-            if (p / "truth.json").exists() and (c := capture(p, clf)) is not None]
+    args, caps = each_capture(__doc__, capture)
     if len(caps) < 2:
         raise SystemExit(f"need at least two captures with {MDW_MIN_MONOCYTES} true monocytes")
     rows = []
