@@ -33,6 +33,7 @@ import functools
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from inference.result import (
     call_cells,
     counting_frame_mm2,
     in_counting_frame,
+    is_white,
     method_error,
     summarise,
 )
@@ -164,28 +166,22 @@ def _accuracy_interval(captures: list[list[tuple[int, int]]], same, conf: float 
     return [round(float(lo), 4), round(float(hi), 4)]
 
 
-def _per_capture(names: list[str], captures: list[list[tuple[int, int]]], gran: list[str]
-                 ) -> dict[str, Any] | None:
-    """Each capture's own 5-part and 3-part accuracy, and their median over captures.
+def _per_capture(names: list[str], captures: list[list[tuple[int, int]]],
+                 same: dict[str, Callable[[int, int], bool]]) -> dict[str, Any] | None:
+    """Each capture's own accuracy per part (``same[part](truth, call)``), and the median capture's.
 
     The pooled accuracy weighs every cell alike, so a few large captures of an
     easy mix (mostly neutrophils and lymphocytes) can carry it; the median
     capture says what one sample reads.
     """
-    rows = []
-    for name, pairs in zip(names, captures, strict=True):
-        if not pairs:
-            continue
-        ok5 = sum(1 for t, c in pairs if t == c)
-        ok3 = sum(1 for t, c in pairs if c < len(gran) and gran[t] == gran[c])
-        rows.append({"capture": name, "cells": len(pairs),
-                     "accuracy_5part": round(ok5 / len(pairs), 4),
-                     "accuracy_3part": round(ok3 / len(pairs), 4)})
+    rows = [{"capture": name, "cells": len(pairs),
+             **{f"accuracy_{part}": round(sum(1 for t, c in pairs if rule(t, c)) / len(pairs), 4)
+                for part, rule in same.items()}}
+            for name, pairs in zip(names, captures, strict=True) if pairs]
     if not rows:
         return None
-    return {"median_5part": round(float(np.median([r["accuracy_5part"] for r in rows])), 4),
-            "median_3part": round(float(np.median([r["accuracy_3part"] for r in rows])), 4),
-            "rows": rows}
+    return {**{f"median_{part}": round(float(np.median([r[f"accuracy_{part}"] for r in rows])), 4)
+               for part in same}, "rows": rows}
 
 
 def _confusion(pairs: list[tuple[int, int]], k: int) -> np.ndarray:
@@ -288,7 +284,7 @@ def evaluate(captures: list[Path], models: dict[str, Classifier], *, log=print,
             called_wbc = set()
             for k, c in enumerate(calls):
                 j = idx[k]
-                is_wbc_call = c.cls is not None or c.reject_reason == "low confidence"
+                is_wbc_call = is_white(c)
                 truth_wbc = j >= 0 and objs[j]["kind"] in WBC_CLASSES
                 if truth_wbc and c.raw_call is not None:
                     a["raw_confusion"][WBC_CLASSES.index(objs[j]["kind"]),
@@ -352,6 +348,7 @@ def _report(a: dict[str, Any]) -> dict[str, Any]:
     tp, fp, fn = a["tp"], a["fp"], a["fn"]
     ratio = np.array(a["wbc_ratio"])
     mdw_err = np.array([100 * (r[1] / r[2] - 1) for r in a["mdw"]])
+    same = {"5part": lambda t, c: t == c, "3part": lambda t, c: c < K and gran[t] == gran[c]}
     return {
         "cells": n,
         "detection": {"recall": round(tp / (tp + fn), 4) if tp + fn else None,
@@ -359,11 +356,10 @@ def _report(a: dict[str, Any]) -> dict[str, Any]:
                       "true_positives": tp, "false_positives": fp, "missed": fn},
         "accuracy_5part": round(correct5 / n, 4) if n else None,
         "accuracy_3part": round(correct3 / n, 4) if n else None,
-        "accuracy_5part_ci95": _accuracy_interval(a["captures"], lambda t, c: t == c),
-        "accuracy_3part_ci95": _accuracy_interval(
-            a["captures"], lambda t, c: c < K and gran[t] == gran[c]),
+        "accuracy_5part_ci95": _accuracy_interval(a["captures"], same["5part"]),
+        "accuracy_3part_ci95": _accuracy_interval(a["captures"], same["3part"]),
         "captures": len(a["captures"]),
-        "per_capture": _per_capture(a["names"], a["captures"], gran),
+        "per_capture": _per_capture(a["names"], a["captures"], same),
         "per_class": per_class,
         "confusion_5part": {"rows_truth": list(WBC_CLASSES),
                             "columns_call": [*WBC_CLASSES, "unclassified"],

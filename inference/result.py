@@ -241,6 +241,15 @@ class CellCall:
     raw_call: str | None = None  # the network's own most probable class (before adaptation)
 
 
+def is_white(call: CellCall) -> bool:
+    """Whether the analysis counts ``call`` as a white cell: classified, or unsure only of its class.
+
+    These are the cells of the concentration and the MDW; the differential takes those of them
+    that are classified.
+    """
+    return call.cls is not None or call.reject_reason == "low confidence"
+
+
 def differential_prior() -> tuple[np.ndarray, float]:
     """Mean and concentration of a Dirichlet prior of the 5-part differential (WBC_CLASSES order).
 
@@ -547,7 +556,7 @@ def summarise(calls: list[CellCall], *, imaged_area_mm2: float, chamber_height_u
     ci5 = {k: [round(b, 1) for b in v] for k, v in ci5.items()}
     ci3 = {k: [round(b, 1) for b in v] for k, v in ci3.items()}
     # the concentration counts every white cell, classified or not
-    white = [c for c in calls if c.cls is not None or c.reject_reason == "low confidence"]
+    white = [c for c in calls if is_white(c)]
     n_wbc = len(white)
     low_conf = n_wbc - n
     blood_uL = imaged_area_mm2 * chamber_height_um * 1e-3 / dilution

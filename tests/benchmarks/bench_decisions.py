@@ -26,6 +26,7 @@ from evaluated import analysed, each_capture  # beside this file
 
 from holography.sample import WBC_CLASSES
 from inference.classify import Classifier
+from inference.result import is_white
 
 #: the offsets tried for each class (natural-log units)
 GRID = np.linspace(-8.0, 8.0, 161)
@@ -58,8 +59,7 @@ def capture(path: Path, clf: Classifier) -> dict | None:
     a = analysed(path, clf)
     probs, calls, kind = a.probs, a.calls, a.kind
     # the evaluation's pairs: true white cells the analysis counts (low-confidence ones as errors)
-    sel = np.array([k in WBC_CLASSES and (c.cls is not None or c.reject_reason == "low confidence")
-                    for k, c in zip(kind, calls, strict=True)])
+    sel = np.array([k in WBC_CLASSES and is_white(c) for k, c in zip(kind, calls, strict=True)])
     if sel.sum() < 20:
         return None
     t = np.array([WBC_CLASSES.index(k) for k, s in zip(kind, sel, strict=True) if s])

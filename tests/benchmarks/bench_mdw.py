@@ -45,11 +45,11 @@ from pathlib import Path
 import numpy as np
 from evaluated import analysed, each_capture  # beside this file
 from scipy.optimize import minimize
-from scipy.stats import mannwhitneyu
+from scipy.stats import mannwhitneyu, norm
 
 from inference.classify import Classifier
 from inference.detect import CROP_PIXEL_UM, CROP_SIZE
-from inference.result import MDW_MIN_MONOCYTES, monocyte_distribution_width
+from inference.result import MDW_MIN_MONOCYTES, is_white, monocyte_distribution_width
 
 #: radius (um, sample plane) of the disk the crop's extinction and optical path are summed over
 DISK_UM = 7.5
@@ -97,8 +97,6 @@ def two_populations(volumes: np.ndarray, start: np.ndarray, iterations: int = 30
 
     ``start``: each cell's initial responsibility of that component.
     """
-    from scipy.stats import norm
-
     x = np.log(np.maximum(volumes, 1.0))
     r = np.clip(start, 1e-6, 1 - 1e-6)
     for _ in range(iterations):
@@ -122,11 +120,11 @@ def capture(path: Path, clf: Classifier) -> dict | None:
     crops, probs, vols, calls = a.crops, a.probs, a.volumes, a.calls
     kind = np.array([k or "" for k in a.kind], object)
     # the white cells the analysis counts and takes the MDW over (inference.result.summarise)
-    white = np.array([c.cls is not None or c.reject_reason == "low confidence" for c in calls])
+    white = np.array([is_white(c) for c in calls])
     w = np.array([c.probabilities.get("monocyte", 0.0) if ok else 0.0
                   for c, ok in zip(calls, white, strict=True)])
     m, n = kind == "monocyte", kind == "neutrophil"
-    raw = np.asarray(probs, np.float64)
+    raw = probs.astype(np.float64)
     iM, iN = clf.classes.index("monocyte"), clf.classes.index("neutrophil")
     sel = (m | n) & white
     # the white cells not called lymphocytes, each started at its share of monocyte among them
@@ -172,8 +170,7 @@ def main() -> None:
         return "   -  " if v is None else f"{100 * (v / true - 1):+5.0f} %"
 
     print(f"{'capture':<34} {'mono':>5} {'true':>6} {'perfect':>14} {'reported':>14} "
-          f"{'two pop.':>14}  "
-          f"weight M / N / other    AUC net / vol / vol+ext+path")
+          f"{'two pop.':>14}  weight M / N / other    AUC net / vol / vol+ext+path")
     for r in rows:
         t, w, a = r["true_fl"], r["weight"], r["auc"]
         rep = "     -        " if r["reported_fl"] is None else \
@@ -190,8 +187,7 @@ def main() -> None:
     print(f"median |error|: perfect classes {np.median(np.abs(err_p)):.1f} %, reported "
           f"{np.median(np.abs(err_r)):.1f} % ({len(err_r)} reported), two populations "
           f"{np.median(np.abs(err_g)):.1f} % ({min(err_g):+.0f} to {max(err_g):+.0f} %); network AUC "
-          f"above volume "
-          f"alone by {min(gain):+.3f} to {max(gain):+.3f}")
+          f"above volume alone by {min(gain):+.3f} to {max(gain):+.3f}")
 
 
 if __name__ == "__main__":

@@ -21,17 +21,15 @@ evaluate`` has analysed (their cached detections are used).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
+from evaluated import analysed  # beside this file
 
-from holography.sample import N_MEDIUM, WBC_CLASSES
+from holography.sample import WBC_CLASSES
 from inference.classify import ONNX_MODEL, Classifier
-from inference.dataset import match
-from inference.evaluate import _detections
-from inference.result import call_cells
+from inference.result import call_cells, is_white
 
 MIN_LYMPHOCYTES = 20
 
@@ -55,29 +53,16 @@ def rescale(crops: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _capture(path: Path, clf: Classifier) -> dict:
-    det, truth, shape = _detections(path, False)
-    chamber = json.loads((path / "capture.json").read_text())["chamber"]
-    crops = det.plain_crops if det.plain_crops is not None else det.crops
-    probs, vols = clf.classify_candidates(det.candidates, crops)
-    kw = dict(chamber_eq_um=chamber["height_um"] / N_MEDIUM, train_priors=clf.train_priors)
-    calls = call_cells(det.candidates, probs, vols, clf.classes, **kw)
-    lymph = [c.volume_fl for c in calls if c.cls == "lymphocyte"]
-    xy = np.array([[c.x, c.y] for c in det.candidates]).reshape(-1, 2)
-    idx, _ = match(xy, truth, det.pixel_um, shape)
-    kinds = [truth["objects"][j]["kind"] if j >= 0 else None for j in idx]
-    return {"name": path.name, "true_scale": float(truth["sample"].get("size_scale", 1.0)),
+    a = analysed(path, clf)
+    lymph = [c.volume_fl for c in a.calls if c.cls == "lymphocyte"]
+    return {"name": path.name, "true_scale": float(a.truth["sample"].get("size_scale", 1.0)),
             "lymph_median_fl": float(np.median(lymph)) if len(lymph) >= MIN_LYMPHOCYTES else None,
-            "n_lymph": len(lymph), "crops": crops, "vols": vols, "calls": calls, "kinds": kinds,
-            "candidates": det.candidates, "kw": kw}
+            "n_lymph": len(lymph), "analysed": a}
 
 
 def _accuracy(calls: list, kinds: list) -> tuple[int, int]:
-    ok = n = 0
-    for c, k in zip(calls, kinds, strict=True):
-        if k in WBC_CLASSES and (c.cls is not None or c.reject_reason == "low confidence"):
-            n += 1
-            ok += c.cls == k
-    return ok, n
+    pairs = [(c.cls, k) for c, k in zip(calls, kinds, strict=True) if k in WBC_CLASSES and is_white(c)]
+    return sum(1 for c, k in pairs if c == k), len(pairs)
 
 
 def main() -> None:
@@ -102,9 +87,11 @@ def main() -> None:
         print(f"{label} {folders[0]}:")
         for c in caps:
             s = (c["lymph_median_fl"] / ref) ** (1 / 3) if c["lymph_median_fl"] else 1.0
-            probs, _ = clf.classify_candidates(c["candidates"], rescale(c["crops"], s))
-            again = call_cells(c["candidates"], probs, c["vols"], clf.classes, **c["kw"])
-            (a, n), (b, _) = _accuracy(c["calls"], c["kinds"]), _accuracy(again, c["kinds"])
+            an = c["analysed"]
+            probs, _ = clf.classify_candidates(an.candidates, rescale(an.crops, s))
+            again = call_cells(an.candidates, probs, an.volumes, clf.classes,
+                               chamber_eq_um=an.chamber_eq_um, train_priors=clf.train_priors)
+            (a, n), (b, _) = _accuracy(an.calls, an.kind), _accuracy(again, an.kind)
             before, after, total = before + a, after + b, total + n
             print(f"  {c['name']:<40} scale {c['true_scale']:.3f}  estimated {s:.3f} "
                   f"({c['n_lymph']} lymphocytes)  5-part {a / max(n, 1):.3f} -> {b / max(n, 1):.3f}")

@@ -1,4 +1,5 @@
-"""The command line and the capture loop the benchmarks on ``holodiff evaluate``'s captures share."""
+"""What the benchmarks on ``holodiff evaluate``'s captures share: the command line, the capture
+loop, and each capture classified and called as the analysis does, matched to the truth."""
 
 from __future__ import annotations
 
@@ -43,22 +44,29 @@ class Analysed:
 
     truth: dict
     shape: tuple[int, int]
+    candidates: list
     crops: np.ndarray
     probs: np.ndarray  # the network's own probabilities (before the sample's mix)
     volumes: np.ndarray
     calls: list
     kind: list  # per candidate: the matched truth object's kind, or None
+    chamber_eq_um: float
 
 
 def analysed(path: Path, clf: Classifier) -> Analysed:
-    """A capture's cached detections classified and called as the analysis does, matched to the truth."""
+    """A capture's cached detections classified and called as the analysis does, matched to the truth.
+
+    The chamber's air-equivalent height is kept as ``chamber_eq_um`` for a second call.
+    """
     det, truth, shape = _detections(path, False)
     chamber = json.loads((path / "capture.json").read_text())["chamber"]
     crops = det.plain_crops if det.plain_crops is not None else det.crops
     probs, vols = clf.classify_candidates(det.candidates, crops)
-    calls = call_cells(det.candidates, probs, vols, clf.classes,
-                       chamber_eq_um=chamber["height_um"] / N_MEDIUM, train_priors=clf.train_priors)
+    eq = chamber["height_um"] / N_MEDIUM
+    calls = call_cells(det.candidates, probs, vols, clf.classes, chamber_eq_um=eq,
+                       train_priors=clf.train_priors)
     idx, _ = match(np.array([[c.x, c.y] for c in det.candidates]).reshape(-1, 2), truth,
                    det.pixel_um, shape)
     kind = [truth["objects"][j]["kind"] if j >= 0 else None for j in idx]
-    return Analysed(truth, shape, crops, np.asarray(probs), vols, calls, kind)
+    return Analysed(truth, shape, det.candidates, crops, np.asarray(probs), vols, calls, kind,
+                    eq)
