@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from holography.cellphysics import CellPhysics, granule_layout
 from holography.errors import SimulationError
 
 WBC_CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
@@ -88,6 +89,9 @@ class SampleSpec:
     clump_fraction: float = 0.01
     size_scale: float = 1.0
     index_scale: float = 1.0
+    #: the cells' physics drawn for this sample (:mod:`holography.cellphysics`); None: the
+    #: legacy one-guess-per-class model below
+    physics: CellPhysics | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.differential) - set(WBC_CLASSES)
@@ -164,6 +168,11 @@ class Sample:
     parts: np.ndarray
     chamber_height_um: float
     cover_glass_um: float
+    #: absorption spectral exponent per object and per part (None: absorption flat in
+    #: wavelength apart from k0), and the index dispersion (:mod:`holography.cellphysics`)
+    beta: np.ndarray | None = None
+    part_beta: np.ndarray | None = None
+    dispersion: float = 0.0
 
 
 #: random positions tried for a white cell before the sample is declared too dense
@@ -210,18 +219,22 @@ class _Builder:
         self.spec = spec
         self.objs: list[tuple] = []
         self.parts: list[tuple] = []
+        self.beta: list[float] = []
+        self.part_beta: list[float] = []
 
-    def _parts(self, rows: list[tuple]) -> tuple[int, int]:
+    def _parts(self, rows: list[tuple], beta: float = 0.0) -> tuple[int, int]:
         start = len(self.parts)
         self.parts.extend(rows)
+        self.part_beta.extend([beta] * len(rows))
         return start, len(rows)
 
     def add(self, kind: str, x: float, y: float, h: float, a: float, c: float, dn: float,
             kappa: float, *, dn_nuc: float = 0.0, kappa_nuc: float = 0.0,
             lobes: list[tuple] = (), grans: list[tuple] = (), clump: int = -1,
-            on_cover: bool = False) -> None:
+            on_cover: bool = False, beta: float = 0.0) -> None:
         l0, nl = self._parts(list(lobes))
-        g0, ng = self._parts(list(grans))
+        g0, ng = self._parts(list(grans), beta)
+        self.beta.append(beta)
         self.objs.append((KIND_ID[kind], x, y, h, a, c, dn * self.spec.index_scale, kappa,
                           dn_nuc * self.spec.index_scale, kappa_nuc, l0, nl, g0, ng, clump,
                           int(on_cover)))
@@ -258,6 +271,8 @@ class _Builder:
         ``(x, y)`` (see :class:`_HardSpheres`).
         """
         rng, spec = self.rng, self.spec
+        if spec.physics is not None:
+            return self._wbc_physics(cls, spot, h_floor, height, clump)
         mean, sd = spec.monocyte_diameter_um if cls == "monocyte" else WBC_DIAMETER[cls]
         d = max(rng.normal(mean, sd), mean * 0.6) * spec.size_scale
         r = d / 2
@@ -297,6 +312,88 @@ class _Builder:
         self.add(cls, x, y, h, r, r, dn_cyt, kappa, dn_nuc=dn_nuc, kappa_nuc=kappa_nuc,
                  lobes=lobes, grans=grans, clump=clump)
         return r
+
+    def _wbc_physics(self, cls: str, spot, h_floor: bool, height: float, clump: int) -> float:
+        """:meth:`wbc` with the sample's drawn :class:`~holography.cellphysics.CellPhysics`.
+
+        The nucleus (lobes filling the class's nucleus volume fraction), the granules
+        (filling their volume fraction of the cytoplasm, outside the nucleus), the
+        indices, absorption and its spectrum, and the flattening of a settled cell
+        all come from the sample's physics; each cell varies around it.
+        """
+        rng, spec = self.rng, self.spec
+        cp = spec.physics.classes[cls]
+        mean, sd = cp.diameter_um
+        if cls == "monocyte":
+            # a preset's monocyte size (e.g. septic: larger and more varied) scales the drawn one
+            mean *= spec.monocyte_diameter_um[0] / WBC_DIAMETER["monocyte"][0]
+            sd *= spec.monocyte_diameter_um[1] / WBC_DIAMETER["monocyte"][1]
+        d = max(rng.normal(mean, sd), mean * 0.6) * spec.size_scale
+        r = d / 2
+        # a settled cell flattens at constant volume; a floating one stays round
+        asp = float(np.clip(cp.aspect * rng.uniform(0.95, 1.05), 0.5, 1.0)) if h_floor else 1.0
+        a, c = r * asp ** (-1 / 3), r * asp ** (2 / 3)
+        dn_cyt = max(rng.normal(cp.dn_cyt, 0.003), 0.008)
+        dn_nuc = rng.normal(cp.dn_nuc, 0.003)
+        kappa = cp.kappa_cyt * rng.uniform(0.7, 1.3)
+        kappa_nuc = cp.kappa_nuc * rng.uniform(0.7, 1.3)
+        r_nuc = r * cp.nucleus_vf ** (1 / 3)  # radius of a sphere of the nucleus's volume
+        zs = asp ** (2 / 3)  # lobes of a flattened cell lie flatter
+        if cls == "neutrophil":
+            if rng.random() < spec.band_fraction:
+                n, arc, span, over = 6, 0.5, rng.uniform(2.6, 3.6), 1.45
+            else:
+                n, arc, span, over = int(rng.integers(3, 6)), 0.48, rng.uniform(2.2, 3.6), 1.08
+        elif cls == "monocyte":
+            n, arc, span, over = 7, 0.42, rng.uniform(2.4, 3.4), 1.45
+        elif cls == "eosinophil":
+            n, arc, span, over = 2, 0.45, rng.uniform(1.6, 2.4), 1.05
+        elif cls == "basophil":
+            n, arc, span, over = int(rng.integers(2, 4)), 0.4, rng.uniform(1.6, 2.6), 1.08
+        else:
+            n, arc, span, over = 1, 0.0, 0.0, 1.0
+        if n == 1:
+            off = self._in_ball(1, r * 0.08)[0]
+            lobes = [(off[0], off[1], off[2] * zs, min(r_nuc, 0.95 * c), 0.0, 0.0)]
+        else:
+            lr = min(r_nuc * n ** (-1 / 3) * over, 0.6 * r)
+            arc_r = min(arc * r, 0.95 * r - lr)
+            lobes = [(x, y, z * zs, min(q, 0.95 * c), 0.0, 0.0)
+                     for x, y, z, q, _, _ in self._chain(n, arc_r, lr, span)]
+        ng, gr = granule_layout(cp, r, rng)
+        grans: list[tuple] = []
+        if ng:
+            pos = self._in_cytoplasm(ng, a, c, lobes)
+            radii = gr * rng.uniform(0.8, 1.2, len(pos))
+            dns = cp.granule_dn * spec.index_scale * rng.uniform(0.8, 1.2, len(pos))
+            grans = [(p[0], p[1], p[2], q, g, cp.granule_kappa)
+                     for p, q, g in zip(pos, radii, dns, strict=True)]
+        nv = int(rng.integers(cp.vacuoles[0], cp.vacuoles[1] + 1)) if cp.vacuoles[1] else 0
+        if nv:
+            pos = self._in_cytoplasm(nv, a * 0.8, c * 0.8, lobes)
+            grans += [(p[0], p[1], p[2], rng.uniform(0.3, 0.6), -0.7 * dn_cyt * spec.index_scale,
+                       0.0) for p in pos]
+        h = c if h_floor else rng.uniform(r, height - r)
+        x, y = spot(a, h)
+        self.add(cls, x, y, h, a, c, dn_cyt, kappa, dn_nuc=dn_nuc, kappa_nuc=kappa_nuc,
+                 lobes=lobes, grans=grans, clump=clump, beta=cp.beta)
+        return a
+
+    def _in_cytoplasm(self, n: int, a: float, c: float, lobes: list[tuple]) -> np.ndarray:
+        """``n`` points uniform in the ellipsoid (a, a, c) scaled by 0.9, outside the lobes."""
+        out = np.zeros((0, 3))
+        lob = np.array([(p[0], p[1], p[2], p[3]) for p in lobes]).reshape(-1, 4)
+        for _ in range(20):
+            p = self._in_ball(2 * n + 8, 0.9) * np.array([a, a, c])
+            if len(lob):
+                d2 = ((p[:, None, :] - lob[None, :, :3]) ** 2).sum(-1)
+                p = p[(d2 > lob[None, :, 3] ** 2).all(axis=1)]
+            out = np.concatenate([out, p])
+            if len(out) >= n:
+                break
+        if len(out) < n:  # a cell all nucleus: the rest go anywhere in it
+            out = np.concatenate([out, self._in_ball(n - len(out), 0.9) * np.array([a, a, c])])
+        return out[:n]
 
 
 def make_sample(spec: SampleSpec, *, field_um: tuple[float, float, float, float],
@@ -413,5 +510,9 @@ def make_sample(spec: SampleSpec, *, field_um: tuple[float, float, float, float]
         b.add("bubble", *xy(), H - a, a, a, 1.0 - N_MEDIUM, 0.0)
     objects = np.array(b.objs, dtype=OBJECT_DTYPE) if b.objs else np.zeros(0, OBJECT_DTYPE)
     parts = np.array(b.parts, dtype=PART_DTYPE) if b.parts else np.zeros(0, PART_DTYPE)
-    return Sample(objects=objects, parts=parts, chamber_height_um=H,
-                  cover_glass_um=cover_glass_um)
+    if spec.physics is None:
+        return Sample(objects=objects, parts=parts, chamber_height_um=H,
+                      cover_glass_um=cover_glass_um)
+    return Sample(objects=objects, parts=parts, chamber_height_um=H, cover_glass_um=cover_glass_um,
+                  beta=np.array(b.beta, np.float64), part_beta=np.array(b.part_beta, np.float64),
+                  dispersion=spec.physics.dispersion)

@@ -44,9 +44,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.ndimage
 
 from holography import __version__
 from holography.capture import Capture, write_capture
+from holography.cellphysics import dispersion_factor, spectral_factor
 from holography.errors import SimulationError
 from holography.propagation import band_limit, fft2, ifft2
 from holography.render import (
@@ -153,6 +155,10 @@ class SimConfig:
     margin_px: int = 128
     faults: tuple[str, ...] = ()
     flat_frames: int = 8
+    #: fraction of a pixel's signal each 4-neighbour receives (0: none)
+    crosstalk: float = 0.0
+    #: scale of the colour filters' R, G, B responses against the sensor's nominal curves
+    qe_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def __post_init__(self) -> None:
         bad = [f for f in self.faults if f not in FAULTS]
@@ -160,6 +166,8 @@ class SimConfig:
             raise SimulationError(f"unknown fault {bad[0]!r}; use any of {', '.join(FAULTS)}")
         if self.oversample < 1 or self.oversample > 4:
             raise SimulationError(f"oversample must be 1-4 (got {self.oversample})")
+        if not 0.0 <= self.crosstalk <= 0.2:
+            raise SimulationError(f"crosstalk must be 0-0.2 (got {self.crosstalk})")
 
 
 @dataclass(slots=True)
@@ -198,14 +206,42 @@ def _place(sample: Sample, optics: Optics, axis_um: tuple[float, float]) -> _Pla
     return _Placed(sample=sample, distance_um=zb, layers=layers, sx_um=sx, sy_um=sy, mag=mag)
 
 
+def at_wavelength(sample: Sample, wavelength_nm: float) -> tuple[np.ndarray, np.ndarray]:
+    """The sample's objects and parts with absorption and index at ``wavelength_nm``.
+
+    A sample with a drawn cell physics carries an absorption spectral exponent
+    per object and part and an index dispersion (:mod:`holography.cellphysics`);
+    otherwise the arrays are returned as they are.
+    """
+    if sample.beta is None and not sample.dispersion:
+        return sample.objects, sample.parts
+    o, p = sample.objects.copy(), sample.parts.copy()
+    if sample.beta is not None:
+        f = spectral_factor(sample.beta, wavelength_nm)
+        o["kappa"] *= f
+        o["kappa_nuc"] *= f
+        p["kappa"] *= spectral_factor(sample.part_beta, wavelength_nm)
+    if sample.dispersion:
+        g = dispersion_factor(sample.dispersion, wavelength_nm)
+        wbc = np.isin(o["kind"], [KINDS.index(k) for k in WBC_CLASSES])
+        o["dn"] = np.where(wbc, o["dn"] * g, o["dn"])
+        o["dn_nuc"] = np.where(wbc, o["dn_nuc"] * g, o["dn_nuc"])
+        p["dn"] *= g
+    return o, p
+
+
 def _tile_intensity(placed: _Placed, led: LedSpec, die: tuple[float, float], *,
                     origin_um: tuple[float, float], shape: tuple[int, int], pitch: float,
-                    sub_pitch: float, optics: Optics, oversample: int) -> np.ndarray:
-    """Hologram intensity on one sensor tile, (shape) float32, relative to no sample."""
+                    sub_pitch: float, optics: Optics, oversample: int,
+                    arrays: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Hologram intensity on one sensor tile, (shape) float32, relative to no sample.
+
+    ``arrays``: the objects and parts at the LED's wavelength (:func:`at_wavelength`).
+    """
     ny, nx = shape[0] * oversample, shape[1] * oversample
     x0 = origin_um[0] + 0.5 * sub_pitch
     y0 = origin_um[1] + 0.5 * sub_pitch
-    o = placed.sample.objects
+    o, o_parts = arrays if arrays is not None else (placed.sample.objects, placed.sample.parts)
     z1 = optics.source_distance_mm * 1000.0
     k0 = 2.0 * math.pi / (led.wavelength_nm * 1e-3)
     sigma_l = led.bandwidth_nm * 1e-3 / 2.3548
@@ -224,7 +260,7 @@ def _tile_intensity(placed: _Placed, led: LedSpec, die: tuple[float, float], *,
         m = (z1 + z) / z1
         opd = np.zeros((ny, nx), np.float32)
         att = np.zeros((ny, nx), np.float32)
-        render_objects(opd, att, o, placed.sample.parts, sel.astype(np.int64),
+        render_objects(opd, att, o, o_parts, sel.astype(np.int64),
                        placed.sx_um[sel], placed.sy_um[sel], placed.mag[sel], x0, y0, sub_pitch, 2)
         screen_minus_one(t, opd, att, k0)
         spec = fft2(t)
@@ -243,17 +279,22 @@ def _tile_intensity(placed: _Placed, led: LedSpec, die: tuple[float, float], *,
 
 def render_intensity(placed: _Placed, led: LedSpec, die: tuple[float, float], *,
                      frame_shape: tuple[int, int], pitch: float, config: SimConfig) -> np.ndarray:
-    """Noise-free relative hologram intensity of a whole frame, tile by tile."""
+    """Noise-free relative hologram intensity of a whole frame, tile by tile.
+
+    Neighbouring pixels share ``config.crosstalk`` of a pixel's signal each (optical
+    and electrical crosstalk of a small-pixel sensor).
+    """
     H, W = frame_shape
     out = np.empty((H, W), np.float32)
     core, margin = config.tile_px, config.margin_px
+    arrays = at_wavelength(placed.sample, led.wavelength_nm)
     if H <= core + 2 * margin and W <= core + 2 * margin:
         th, tw = H + 2 * margin, W + 2 * margin
         inten = _tile_intensity(placed, led, die, origin_um=(-margin * pitch, -margin * pitch),
                                 shape=(th, tw), pitch=pitch, sub_pitch=pitch / config.oversample,
-                                optics=config.optics, oversample=config.oversample)
+                                optics=config.optics, oversample=config.oversample, arrays=arrays)
         out[:] = inten[margin:margin + H, margin:margin + W]
-        return out
+        return _crosstalk(out, config.crosstalk)
     for r0 in range(0, H, core):
         for c0 in range(0, W, core):
             r1, c1 = min(r0 + core, H), min(c0 + core, W)
@@ -261,9 +302,17 @@ def render_intensity(placed: _Placed, led: LedSpec, die: tuple[float, float], *,
                 placed, led, die, origin_um=((c0 - margin) * pitch, (r0 - margin) * pitch),
                 shape=(core + 2 * margin, core + 2 * margin), pitch=pitch,
                 sub_pitch=pitch / config.oversample, optics=config.optics,
-                oversample=config.oversample)
+                oversample=config.oversample, arrays=arrays)
             out[r0:r1, c0:c1] = inten[margin:margin + r1 - r0, margin:margin + c1 - c0]
-    return out
+    return _crosstalk(out, config.crosstalk)
+
+
+def _crosstalk(inten: np.ndarray, c: float) -> np.ndarray:
+    """Each pixel keeps ``1 - 4 c`` of its signal and gives ``c`` to each 4-neighbour."""
+    if c <= 0.0:
+        return inten
+    k = np.array([[0.0, c, 0.0], [c, 1.0 - 4.0 * c, c], [0.0, c, 0.0]], np.float32)
+    return scipy.ndimage.convolve(inten, k, mode="nearest")
 
 
 def _illumination(shape: tuple[int, int], pitch: float, die: tuple[float, float],
@@ -379,7 +428,8 @@ def simulate_capture(out_dir: str | Path, *, preset: str = "healthy", seed: int 
     arrays["dark.npy"] = sensor.expose(dark_e, frames=cfg.flat_frames)
     for led in cfg.leds:
         resp = channel_response(led.wavelength_nm)
-        qe = np.array([resp["R"], resp["G"], resp["B"]], np.float32)
+        qe = np.array([resp["R"], resp["G"], resp["B"]], np.float32) * np.array(cfg.qe_scale,
+                                                                                 np.float32)
         qe_px = qe[sensor.chan] / qe[np.unique(sensor.chan)].max()
         scale = exposure * sensor.full_well
         illum0 = _illumination((H, W), pitch, (0.0, 0.0), z1 + optics.floor_distance_um)

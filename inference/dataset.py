@@ -30,6 +30,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
 from holography.capture import read_capture
+from holography.cellphysics import AXES, draw_physics
 from holography.reconstruct import ReconOptions, reconstruct_capture
 from holography.sample import WBC_CLASSES, SampleSpec, random_spec
 from holography.sensors import SENSORS
@@ -98,20 +99,43 @@ def random_config(rng: np.random.Generator, split: str, *, size: tuple[int, int]
     )
     name = sensor or str(rng.choice(sorted(SENSORS)))
     bayer = "sensor-default" if rng.random() < 0.5 else str(rng.choice(BAYERS))
-    return SimConfig(sensor=name, bayer=bayer, size=size, leds=tuple(leds), optics=optics,
-                     exposure_fill=float(rng.uniform(0.3, 0.7)),
-                     full_well_scale=float(rng.uniform(0.7, 1.3)),
-                     read_noise_scale=_draw(rng, iv["read_noise_scale"]))
+    cfg = SimConfig(sensor=name, bayer=bayer, size=size, leds=tuple(leds), optics=optics,
+                    exposure_fill=float(rng.uniform(0.3, 0.7)),
+                    full_well_scale=float(rng.uniform(0.7, 1.3)),
+                    read_noise_scale=_draw(rng, iv["read_noise_scale"]))
+    if split == "train":
+        # sensor crosstalk and colour-filter response: drawn (from their own generator, so
+        # the held-out test captures stay as they were) over what small-pixel sensors show
+        sub = np.random.default_rng(rng.integers(2**32))
+        cfg = replace(cfg, crosstalk=float(sub.uniform(0.0, 0.06)),
+                      qe_scale=tuple(float(v) for v in sub.uniform(0.8, 1.2, 3)))
+    return cfg
 
 
-def crowded_spec(rng: np.random.Generator) -> SampleSpec:
-    """A training sample: white cells crowded in near-equal class proportions, varied debris."""
+def crowded_spec(rng: np.random.Generator, physics: str | dict = "random") -> SampleSpec:
+    """A training sample: white cells crowded in near-equal class proportions, varied debris.
+
+    ``physics``: ``"random"`` draws the cells' physics over every family of
+    :data:`holography.cellphysics.AXES` (domain randomisation), a dict of axis ->
+    excluded families leaves those out, ``"legacy"`` keeps one guess per class.
+    """
     base = random_spec(rng)
     frac = rng.dirichlet([8.0] * len(WBC_CLASSES))
+    phys = None
+    if physics != "legacy":
+        phys = draw_physics(np.random.default_rng(rng.integers(2**32)),
+                            exclude=physics if isinstance(physics, dict) else None)
     return replace(base, wbc_per_uL=float(rng.uniform(15000, 35000)),
                    differential=dict(zip(WBC_CLASSES, (float(f) for f in frac / frac.sum()),
                                          strict=True)),
-                   bubbles_per_mm2=0.0)
+                   bubbles_per_mm2=0.0, physics=phys)
+
+
+def family_codes(spec: SampleSpec) -> np.ndarray:
+    """Per axis of :data:`~holography.cellphysics.AXES`, the index of the sample's family (-1: legacy)."""
+    if spec.physics is None:
+        return np.full(len(AXES), -1, np.int8)
+    return np.array([names.index(spec.physics.families[a]) for a, names in AXES.items()], np.int8)
 
 
 @dataclass(slots=True)
@@ -125,6 +149,8 @@ class Labelled:
     clump: np.ndarray        # (N,) bool: the matched truth cell belongs to a clump
     features: np.ndarray     # (N, 4): detection features (peak, diameter, depth, sharpness)
     plain_crops: np.ndarray  # (N, C, S, S): the same cells cut from the plain fields
+    capture: np.ndarray | None = None  # (N,) int: index of the capture in its set
+    family: np.ndarray | None = None   # (N, len(AXES)) int8: the capture's physics families
 
 
 def match(cands_xy: np.ndarray, truth: dict, pixel_um: float, shape: tuple[int, int]
@@ -209,29 +235,38 @@ def analyse_for_training(capture_dir: Path, *, enhanced: bool = True
 
 
 def make_labelled(index: int, split: str, *, size: int = 512, crowded: bool = True,
-                  workdir: str | None = None, enhanced: bool = False) -> Labelled:
-    """Simulate capture number ``index`` of a split, analyse it and label its crops."""
+                  workdir: str | None = None, enhanced: bool = False,
+                  physics: str | dict = "random") -> Labelled:
+    """Simulate capture number ``index`` of a split, analyse it and label its crops.
+
+    ``physics``: the cells' physics (:func:`crowded_spec`).
+    """
     seed = SEED_BASE[split] + index
     rng = np.random.default_rng(seed)
     cfg = random_config(rng, split, size=(size, size))
-    spec = crowded_spec(rng) if crowded else random_spec(rng)
+    spec = crowded_spec(rng, physics) if crowded else random_spec(rng)
     tmp = Path(tempfile.mkdtemp(prefix="holodiff-train-", dir=workdir))
     try:
         simulate_capture(tmp / "cap", preset=f"{split}-{'crowded' if crowded else 'random'}",
                          seed=seed, config=cfg, spec=spec, n_dies=dies_of(index, enhanced))
         det, truth, shape = analyse_for_training(tmp / "cap", enhanced=enhanced)
-        return label_detections(det, truth, shape)
+        lab = label_detections(det, truth, shape)
+        lab.capture = np.full(len(lab.labels), index, np.int32)
+        lab.family = np.repeat(family_codes(spec)[None], len(lab.labels), axis=0)
+        return lab
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _job(args: tuple) -> Labelled:
-    index, split, size, crowded, enhanced = args
-    return make_labelled(index, split, size=size, crowded=crowded, enhanced=enhanced)
+    index, split, size, crowded, enhanced, physics = args
+    return make_labelled(index, split, size=size, crowded=crowded, enhanced=enhanced,
+                         physics=physics)
 
 
 def build(out: str | Path, *, split: str, captures: int, size: int = 512, crowded: bool = True,
-          start: int = 0, workers: int = 1, enhanced: bool = False, log=print) -> dict:
+          start: int = 0, workers: int = 1, enhanced: bool = False,
+          physics: str | dict = "random", log=print) -> dict:
     """Make a labelled crop set of ``captures`` simulated captures and save it as ``.npz``.
 
     ``enhanced``: also the per-cell enhanced crops (``crops``; the plain ones are then
@@ -247,7 +282,7 @@ def build(out: str | Path, *, split: str, captures: int, size: int = 512, crowde
     from concurrent.futures import ProcessPoolExecutor
 
     t0 = time.perf_counter()
-    jobs = [(start + i, split, size, crowded, enhanced) for i in range(captures)]
+    jobs = [(start + i, split, size, crowded, enhanced, physics) for i in range(captures)]
     parts: list[Labelled] = []
     if workers > 1:
         with ProcessPoolExecutor(workers) as ex:
@@ -258,13 +293,14 @@ def build(out: str | Path, *, split: str, captures: int, size: int = 512, crowde
         for k, j in enumerate(jobs):
             parts.append(_job(j))
             log(f"{split}: capture {k + 1}/{captures}, {sum(len(p.labels) for p in parts)} crops")
-    names = ["crops", "labels", "volume_fl", "depth_um", "clump", "features"]
+    names = ["crops", "labels", "volume_fl", "depth_um", "clump", "features", "capture", "family"]
     arrays = {name: np.concatenate([getattr(p, name) for p in parts])
               for name in names + (["plain_crops"] if enhanced else [])}
     arrays["crops"] = arrays["crops"].astype(np.float16)
     if enhanced:
         arrays["plain_crops"] = arrays["plain_crops"].astype(np.float16)
     arrays["enhanced"] = np.array(enhanced)
+    arrays["axes"] = np.array(list(AXES))
     np.savez(out, **arrays)
     counts = {c: int((arrays["labels"] == i).sum()) for i, c in enumerate(CLASSES)}
     return {"counts": counts, "seconds": time.perf_counter() - t0, "captures": captures}

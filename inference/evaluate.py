@@ -34,13 +34,15 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
-from holography.sample import N_MEDIUM, WBC_CLASSES
+from holography.cellphysics import draw_physics, parse_families
+from holography.sample import N_MEDIUM, WBC_CLASSES, get_spec
 from holography.simulate import simulate_capture
 from inference.classify import Classifier
 from inference.dataset import SEED_BASE, analyse_for_training, match, random_config
@@ -66,20 +68,42 @@ def _sensor_preset(i: int) -> tuple[str, str]:
             PRESETS_CYCLE[(i // len(SENSORS_CYCLE)) % len(PRESETS_CYCLE)])
 
 
-def capture_name(i: int, *, size: int, split: str = "test", dies: int = 1) -> str:
+def physics_tag(physics: str | None) -> str:
+    """The part of a capture's folder name that says which cell physics it was made with."""
+    if not physics or physics == "legacy":
+        return ""
+    return "-phys-" + physics.replace("=", "_").replace(",", "+")
+
+
+def capture_name(i: int, *, size: int, split: str = "test", dies: int = 1,
+                 physics: str | None = None) -> str:
     """The folder name of capture ``i`` of :func:`make_test_captures` (its sensor and preset)."""
     sensor, preset = _sensor_preset(i)
     return (f"{'test' if split == 'test' else 'val'}-{i:04d}-{sensor}-{preset}-"
-            f"{size or 'full'}{'' if dies == 1 else f'-{dies}die'}")
+            f"{size or 'full'}{'' if dies == 1 else f'-{dies}die'}{physics_tag(physics)}")
+
+
+def sample_physics(seed: int, physics: str | None):
+    """The cell physics of a test capture: None (legacy model), or drawn from ``physics``.
+
+    ``physics`` is ``legacy``, ``random`` (every family of every axis) or
+    ``AXIS=FAMILY,...`` (those families, the other axes at random); drawn from its
+    own generator, so the rest of the capture is the same whichever is chosen.
+    """
+    if not physics or physics == "legacy":
+        return None
+    fixed = {} if physics == "random" else parse_families(physics)
+    return draw_physics(np.random.default_rng([seed, 77]), fixed)
 
 
 def make_test_captures(out: Path, n: int, *, size: int, start: int = 0, split: str = "test",
-                       dies: int = 1, log=print) -> list[Path]:
+                       dies: int = 1, physics: str | None = None, log=print) -> list[Path]:
     """Simulate (or reuse) ``n`` ordinary-blood captures of ``split``'s conditions under ``out``.
 
     ``split="test"`` makes the held-out test set; ``split="train"`` makes
     validation captures under training conditions (seeds apart from the training set's).
     ``dies`` LED dies per colour (4: pixel super-resolution captures, other seeds).
+    ``physics``: the cells' physics (:func:`sample_physics`; default the legacy model).
     """
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -88,10 +112,14 @@ def make_test_captures(out: Path, n: int, *, size: int, start: int = 0, split: s
         rng = np.random.default_rng(seed)
         sensor, preset = _sensor_preset(i)
         cfg = random_config(rng, split, size=(size, size) if size else None, sensor=sensor)
-        path = out / capture_name(i, size=size, split=split, dies=dies)
+        path = out / capture_name(i, size=size, split=split, dies=dies, physics=physics)
         if not (path / "truth.json").exists():
             t = time.perf_counter()
-            simulate_capture(path, preset=preset, seed=seed, config=cfg, n_dies=dies)
+            phys = sample_physics(seed, physics)
+            spec = None
+            if phys is not None:
+                spec = replace(get_spec(preset, np.random.default_rng([seed, 78])), physics=phys)
+            simulate_capture(path, preset=preset, seed=seed, config=cfg, n_dies=dies, spec=spec)
             log(f"simulated {path.name} in {time.perf_counter() - t:.0f} s")
         paths.append(path)
     return paths
@@ -448,6 +476,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start", type=int, action="append",
                     help="index of the first capture (default 0); repeatable: --captures from each")
     ap.add_argument("--dies", type=int, default=1, help="LED dies per colour of the test captures")
+    ap.add_argument("--physics", default="legacy",
+                    help="the cells' physics: legacy (one guess per class), random (every "
+                         "family of holography.cellphysics.AXES) or AXIS=FAMILY,... (held-out "
+                         "families; the other axes at random); default %(default)s")
     ap.add_argument("--model", action="append", help="model .onnx (repeatable; default: the "
                                                      "shipped INT8 model and its FP32 twin)")
     ap.add_argument("--json", action="store_true")
@@ -481,8 +513,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("--write-method-error needs --split test: the method error is "
                              "measured under the conditions the analysis is tested in")
         tested = json.loads(card_path.read_text()).get("accuracy", {}).get("test_set", {})
-        names = {capture_name(i, size=args.size, split=args.split, dies=args.dies)
-                 for i in indices}
+        names = {capture_name(i, size=args.size, split=args.split, dies=args.dies,
+                              physics=args.physics) for i in indices}
         shared = sorted(names & set(tested.get("captures", [])))
         if shared:
             raise SystemExit(f"{shared[0]} is in the card's test set: measure the method error "
@@ -490,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
                              "test set's coverage stays a test")
     caps = [p for start in starts
             for p in make_test_captures(Path(args.out), args.captures, size=args.size, start=start,
-                                        split=args.split, dies=args.dies, log=log)]
+                                        split=args.split, dies=args.dies, physics=args.physics,
+                                        log=log)]
     rep = evaluate(caps, models, log=log, fresh=args.fresh)
     if args.write_confusion:
         if args.split != "train":
