@@ -31,14 +31,17 @@ from calibration.procedures import CalResult
 from holography.errors import HoloDiffError
 
 FORMAT = "holodiff-calibration/1"
-KINDS = ("dark_flat", "distance", "shifts", "beads")
-#: kinds a patient test needs, and how long each stays valid
+KINDS = ("dark_flat", "distance", "shifts", "beads", "classifier")
+#: kinds a patient test needs, and how long each stays valid (a site calibration of the
+#: classifier stays until the site calibrates again or the model changes)
 REQUIRED = ("dark_flat", "distance", "beads")
-VALID_DAYS = {"dark_flat": 7, "distance": 30, "shifts": 90, "beads": 30}
+VALID_DAYS = {"dark_flat": 7, "distance": 30, "shifts": 90, "beads": 30, "classifier": 3650}
 WHAT_TO_DO = {"dark_flat": "holodiff calibrate dark-flat (empty chamber)",
               "distance": "holodiff calibrate distance (sample or target in the chamber)",
               "shifts": "holodiff calibrate shifts (sample or target in the chamber)",
-              "beads": "holodiff calibrate beads --diameter UM (bead suspension in the chamber)"}
+              "beads": "holodiff calibrate beads --diameter UM (bead suspension in the chamber)",
+              "classifier": "holodiff calibrate classifier --reference FILE.csv (method "
+                            "comparison against the reference analyzer)"}
 
 
 class CalibrationError(HoloDiffError, ValueError):
@@ -131,6 +134,16 @@ class CalibrationStore:
             act[r["kind"]] = r
         return act
 
+    def classifier(self) -> dict[str, Any] | None:
+        """The active site calibration of the classifier: the newest accepted ``classifier`` record.
+
+        A rejected one (it did not lower the cross-validated error) is kept but never
+        active; whether the record fits the model in use is the analysis's check
+        (:func:`inference.analyze.site_calibration_for`).
+        """
+        accepted = [r for r in self.records() if r["kind"] == "classifier" and r["passed"]]
+        return accepted[-1] if accepted else None
+
     def status(self, *, window: tuple[int, int], simulated: bool,
                now: datetime | None = None) -> CalStatus:
         """May patient tests run? (and the id results name)."""
@@ -138,7 +151,7 @@ class CalibrationStore:
         act = self.active()
         cid = ("cal-" + hashlib.sha256(",".join(sorted(r["id"] for r in act.values())).encode())
                .hexdigest()[:10]) if act else "uncalibrated"
-        if not act and simulated:
+        if not any(k in act for k in REQUIRED + ("shifts",)) and simulated:
             return CalStatus(ok=True, message="simulated analyzer, not calibrated",
                              calibration_id="uncalibrated-simulated", active=act)
         for kind in REQUIRED:

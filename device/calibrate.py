@@ -120,3 +120,119 @@ def calibrate_beads(instr: Instrument, *, user: str, diameter_um: float, root: P
     res = _with_capture(instr, root, lambda cap: procedures.bead_sizing(cap, nominal_um=diameter_um),
                         progress)
     return _store(instr, root, res, user)
+
+
+#: roles that may fit and activate a site calibration of the classifier
+SITE_CALIBRATION_ROLES = ("engineer", "service")
+
+
+def calibrate_classifier(reference: str | Path, *, user: str, role: str, model: str | Path,
+                         root: Path | None = None,
+                         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Site calibration of the classifier from a method comparison (INTERFACES.md section 7).
+
+    Analyses every capture of the reference file with ``model``, fits the map of
+    :mod:`inference.sitecal`, cross-validates it by capture, and stores a
+    ``classifier`` record: accepted (active) when it lowers the cross-validated
+    5-part error, else kept as rejected with the reason. ``role`` is the
+    authenticated operator's (engineer or service). A bad reference file or
+    capture raises with its row before anything is stored.
+    """
+    import numpy as np
+
+    from holography.capture import read_capture
+    from holography.errors import HoloDiffError
+    from holography.sample import WBC_CLASSES
+    from inference.analyze import score_capture
+    from inference.classify import Classifier
+    from inference.result import call_cells, summarise
+    from inference.sitecal import FORMAT, SiteCalibrationError, cross_validate, fit, read_reference
+
+    root = root or home()
+    say = progress or (lambda m: None)
+    if role not in SITE_CALIBRATION_ROLES:
+        with ResultsDB(database_path(root)) as db:
+            db.audit(user=user, action="calibration.classifier.refused", entity="calibration:classifier",
+                     reason=f"role {role}")
+        raise PermissionError(f"operator {user} ({role}) may not calibrate the classifier; an "
+                              "engineer or service operator must")
+    rows = read_reference(reference)
+    caps = []
+    for r in rows:
+        try:
+            caps.append(read_capture(r.capture))
+        except (HoloDiffError, OSError) as exc:
+            raise SiteCalibrationError(f"{reference}: line {r.line}: capture {r.capture}: {exc}") from None
+    clf = Classifier(model)
+    scored = []
+    for i, (r, cap) in enumerate(zip(rows, caps, strict=True)):
+        try:
+            sc = score_capture(cap, classifier=clf)
+        except HoloDiffError as exc:
+            raise SiteCalibrationError(f"{reference}: line {r.line}: capture {r.capture} cannot be "
+                                       f"analysed ({exc})") from None
+        if sum(not c.faint for c in sc.detections.candidates) < 20:
+            raise SiteCalibrationError(f"{reference}: line {r.line}: capture {r.capture} holds "
+                                       "fewer than 20 cells; use another sample")
+        scored.append(sc)
+        say(f"analysed {i + 1}/{len(rows)}: {r.capture.name}")
+
+    def result_of(i: int, probs) -> dict:
+        sc = scored[i]
+        calls = call_cells(sc.detections.candidates, probs, sc.volumes, clf.classes,
+                           chamber_eq_um=sc.chamber_eq_um, train_priors=clf.train_priors)
+        cap, det = sc.capture, sc.detections
+        return summarise(calls, imaged_area_mm2=det.imaged_area_mm2,
+                         chamber_height_um=cap.chamber.height_um, dilution=cap.chamber.dilution,
+                         qc_flags=[], frame=(*cap.shape, det.pixel_um))
+
+    probs = [sc.probs for sc in scored]
+    refs = [r.differential for r in rows]
+    say("cross-validating the calibration by capture")
+    cv = cross_validate(probs, refs, lambda i, p: result_of(i, p)["differential_5part"],
+                        clf.classes, clf.train_priors)
+    say("fitting on every capture")
+    r5 = np.array([[d[c] / 100.0 for c in WBC_CLASSES] for d in refs])
+    smap, stats = fit(probs, r5, clf.classes, clf.train_priors)
+    # WBC/uL and MDW against the references that carry them, without and with the map
+    extra: dict[str, Any] = {}
+    for key, ref_key, get in (("wbc_per_uL", "wbc_per_uL", lambda res: res["wbc_per_uL"]),
+                              ("mdw_sd_fl", "mdw_sd_fl", lambda res: res["mdw"]["sd_fl"])):
+        pairs = [(i, getattr(rows[i], ref_key)) for i in range(len(rows))
+                 if getattr(rows[i], ref_key) is not None]
+        if not pairs:
+            continue
+        out = {}
+        for label, fn in (("without", lambda p: p), ("with", smap.apply)):
+            errs = [abs(v / ref - 1.0) * 100 for i, ref in pairs
+                    if (v := get(result_of(i, fn(probs[i])))) is not None]
+            out[label] = round(float(np.median(errs)), 2) if errs else None
+        extra[key] = {"captures": len(pairs), "median_relative_error_pct": out,
+                      "in_sample": True}
+    before, after = cv["without"]["mae_5part"], cv["with"]["mae_5part"]
+    improved = after < before
+    from calibration.procedures import CalResult
+
+    values = {
+        "format": FORMAT,
+        "model": {"name": clf.info.name, "version": clf.info.version, "sha256": clf.info.sha256},
+        "reference": str(Path(reference).resolve()),
+        "captures": [str(r.capture) for r in rows], "n_captures": len(rows),
+        "map": smap.to_values(), "fit": stats,
+        "cross_validated": {"folds": cv["folds"], "without": cv["without"], "with": cv["with"]},
+        "per_capture": cv["per_capture"], **extra,
+    }
+    res = CalResult(kind="classifier", values=values, passed=improved)
+    if not improved:
+        res.reasons.append(f"the calibration does not lower the cross-validated 5-part error "
+                           f"({before:.2f} -> {after:.2f} points mean absolute error): kept as "
+                           "rejected and not applied; the model stays as it is")
+    cap0 = caps[0]
+    store = CalibrationStore(root)
+    rec = store.save(res, user=user, profile=f"captures:{cap0.sensor.model}",
+                     window=(cap0.shape[1], cap0.shape[0]))
+    with ResultsDB(database_path(root)) as db:
+        db.audit(user=user, action="calibration.classifier", entity=f"calibration:{rec['id']}",
+                 new="active" if improved else "rejected",
+                 reason=f"5-part MAE {before:.2f} -> {after:.2f} points (cross-validated)")
+    return rec

@@ -197,7 +197,8 @@ class TestRunner:
             say(Stage.ANALYSIS, "analysing the holograms")
             opts = AnalysisOptions(model=self.model, cells=cells,
                                    calibration_id=self.calibration_id or cal.calibration_id,
-                                   gallery=cap.root / "gallery.npz")
+                                   gallery=cap.root / "gallery.npz",
+                                   site_calibration=self.calibrations.classifier())
             result = analyze_capture(cap, options=opts, progress=analysis_progress)
             for k in ("reconstruction", "detection", "classification"):
                 timing[k] = result["timing_s"][k]

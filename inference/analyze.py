@@ -52,22 +52,35 @@ class AnalysisOptions:
     phase: bool = False
     psr: bool = True  # pixel super-resolution of LEDs with several dies
     retrieval_iterations: int = RETRIEVAL_ITERATIONS  # per-cell phase retrieval (0: none)
+    #: the active site calibration record of kind ``classifier`` (INTERFACES.md section 7;
+    #: :meth:`calibration.store.CalibrationStore.classifier`), or None
+    site_calibration: dict[str, Any] | None = None
 
 
-def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions | None = None,
-                    classifier: Classifier | None = None, progress=None) -> dict[str, Any]:
-    """The analysis result of one capture folder.
+@dataclass(slots=True)
+class Scored:
+    """A capture reconstructed, its candidates detected and scored by the network."""
 
-    Raises
-    ------
-    CaptureError
-        The capture is unreadable or invalid (nothing is analysed).
-    ModelError
-        The classifier model is missing or broken.
-    """
+    capture: Capture
+    recon: Any
+    detections: Any
+    crops: np.ndarray
+    probs: np.ndarray
+    volumes: np.ndarray
+    classifier: Classifier
+    timing: dict[str, float]
+
+    @property
+    def chamber_eq_um(self) -> float:
+        """The chamber's height in air-equivalent micrometres (candidates deeper are dust)."""
+        return self.capture.chamber.height_um / N_MEDIUM
+
+
+def score_capture(capture: Capture | str | Path, *, options: AnalysisOptions | None = None,
+                  classifier: Classifier | None = None, progress=None) -> Scored:
+    """Reconstruct, detect and run the network on one capture (no calling, no calibration)."""
     opt = options or AnalysisOptions()
     say = progress or (lambda msg: None)
-    t0 = time.perf_counter()
     cap = capture if isinstance(capture, Capture) else read_capture(capture)
     clf = classifier or Classifier(opt.model, threads=threads())
     say("reconstructing")
@@ -91,13 +104,55 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
     t_det = time.perf_counter() - t
     t = time.perf_counter()
     probs, vols = clf.classify_candidates(det.candidates, crops)
-    chamber_eq = cap.chamber.height_um / N_MEDIUM
-    calls = call_cells(det.candidates, probs, vols, clf.classes, chamber_eq_um=chamber_eq,
+    return Scored(capture=cap, recon=rec, detections=det, crops=crops, probs=probs, volumes=vols,
+                  classifier=clf, timing={"reconstruction": t_rec, "detection": t_det,
+                                          "classification": time.perf_counter() - t})
+
+
+def site_calibration_for(record: dict[str, Any] | None, clf: Classifier):
+    """``(map or None, result key, stale)`` of a site calibration record for model ``clf``.
+
+    A record fitted for another model (its sha256) never applies: ``stale`` is
+    then True and the result carries SITE_CALIBRATION_STALE.
+    """
+    from inference.sitecal import SiteMap
+
+    if not record:
+        return None, None, False
+    values = record.get("values", {})
+    if values.get("model", {}).get("sha256") != clf.info.sha256:
+        return None, None, True
+    smap = SiteMap.from_values(values, len(clf.classes))
+    return smap, {"id": record["id"], "captures": int(values.get("n_captures", 0)),
+                  "fitted": record.get("created")}, False
+
+
+def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions | None = None,
+                    classifier: Classifier | None = None, progress=None) -> dict[str, Any]:
+    """The analysis result of one capture folder.
+
+    Raises
+    ------
+    CaptureError
+        The capture is unreadable or invalid (nothing is analysed).
+    ModelError
+        The classifier model is missing or broken.
+    """
+    opt = options or AnalysisOptions()
+    t0 = time.perf_counter()
+    sc = score_capture(capture, options=opt, classifier=classifier, progress=progress)
+    cap, rec, det, crops, clf = sc.capture, sc.recon, sc.detections, sc.crops, sc.classifier
+    t = time.perf_counter()
+    smap, cal_key, stale = site_calibration_for(opt.site_calibration, clf)
+    probs = smap.apply(sc.probs) if smap is not None else sc.probs
+    calls = call_cells(det.candidates, probs, sc.volumes, clf.classes, chamber_eq_um=sc.chamber_eq_um,
                        train_priors=clf.train_priors)
-    t_cls = time.perf_counter() - t
+    t_cls = sc.timing["classification"] + time.perf_counter() - t
+    t_rec, t_det = sc.timing["reconstruction"], sc.timing["detection"]
     summary = summarise(calls, imaged_area_mm2=det.imaged_area_mm2,
                         chamber_height_um=cap.chamber.height_um, dilution=cap.chamber.dilution,
-                        qc_flags=rec.flags, frame=(*cap.shape, det.pixel_um),
+                        qc_flags=rec.flags + (["SITE_CALIBRATION_STALE"] if stale else []),
+                        frame=(*cap.shape, det.pixel_um),
                         under=under_counted(clf.card), method=method_error(clf.card))
     details = {code: rec.flag_details.get(code, FLAG_TEXT.get(code, "")) for code in summary["flags"]}
     if "CONFIRM_DIFF" in details:
@@ -112,6 +167,7 @@ def analyze_capture(capture: Capture | str | Path, *, options: AnalysisOptions |
                         if plane and math.isfinite(plane.distance_um) else None},
     }
     result.update(summary)
+    result["classifier_calibration"] = cal_key
     result["flag_details"] = details
     result["enhancement"] = det.enhancement
     result["timing_s"] = {"total": round(time.perf_counter() - t0, 2),

@@ -116,6 +116,9 @@ FLAG_TEXT = {
     "MDW_HIGH": "Monocyte distribution width is high: sepsis screen positive. Tell the doctor now.",
     "LOW_CONFIDENCE": "Many cells could not be classified with confidence. Repeat the test; if it "
                       "happens again, send the sample to the laboratory.",
+    "SITE_CALIBRATION_STALE": "The site calibration was made for another model and is not used. "
+                              "Results are valid; ask an engineer to calibrate the new model "
+                              "(holodiff calibrate classifier).",
     "CONFIRM_DIFF": "Some white-cell types are under-counted by this analyzer: if they matter for "
                     "this patient, send a tube to the laboratory.",
 }

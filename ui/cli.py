@@ -126,14 +126,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
-def _analyze_one(path: str, model: str, cells: bool,
-                 phase: bool = False) -> tuple[str, dict | None, str | None]:
+def _analyze_one(path: str, model: str, cells: bool, phase: bool = False,
+                 site: dict | None = None) -> tuple[str, dict | None, str | None]:
     """Analyse one capture in a worker process: (path, result, error line)."""
     from inference.analyze import AnalysisOptions, analyze_capture
 
     try:
         res = analyze_capture(path, options=AnalysisOptions(model=model, cells=cells,
-                                                            phase=phase),
+                                                            phase=phase, site_calibration=site),
                               progress=lambda m: log.info("%s: %s", Path(path).name, m))
         return path, res, None
     except HoloDiffError as exc:
@@ -182,7 +182,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if act.warning:
             log.warning("%s", act.warning)
         model = str(act.path)
-    Classifier(model)  # fail early, once, on a missing or broken model
+    clf = Classifier(model)  # fail early, once, on a missing or broken model
+    site = None
+    if not args.no_site_calibration:
+        from calibration.store import CalibrationStore
+        from device.home import home
+
+        site = CalibrationStore(home()).classifier()
+        if site is not None:
+            fits = site["values"].get("model", {}).get("sha256") == clf.info.sha256
+            log.info("site calibration %s %s", site["id"], "applied" if fits else
+                     "was made for another model: not applied (SITE_CALIBRATION_STALE)")
     jobs = max(1, min(args.jobs or (os.cpu_count() or 1), len(args.captures)))
     log.info("analysing %d capture(s), %d at a time", len(args.captures), jobs)
 
@@ -200,13 +210,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     n = len(args.captures)
     if jobs == 1:
-        failed = report(_analyze_one(p, model, args.cells, args.phase) for p in args.captures)
+        failed = report(_analyze_one(p, model, args.cells, args.phase, site)
+                        for p in args.captures)
     else:
         # the cores are shared: each analysis gets its share of threads
         share = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(jobs, initializer=set_threads, initargs=(share,)) as ex:
             failed = report(ex.map(_analyze_one, args.captures, [model] * n, [args.cells] * n,
-                                   [args.phase] * n))
+                                   [args.phase] * n, [site] * n))
     return 2 if failed else 0
 
 
@@ -252,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--model", help="classifier: a signed .hdmodel bundle, or an .onnx file with "
                    "its card (default: the active model slot, else the shipped bundle)")
     a.add_argument("--jobs", type=int, help="captures analysed in parallel (default: CPU count)")
+    a.add_argument("--no-site-calibration", action="store_true",
+                   help="analyse without the active site calibration of the classifier")
     a.set_defaults(func=cmd_analyze)
 
     t = sub.add_parser("train", help="regenerate the training data and retrain the classifier "

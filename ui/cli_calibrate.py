@@ -24,8 +24,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             recs = store.records()
             if args.json:
                 print(json.dumps(recs))
+            site = store.classifier()
             for r in [] if args.json else recs:
-                print(f"{r['id']:40} {'PASS' if r['passed'] else 'FAIL'}  by {r['user']:10} "
+                state = 'PASS' if r['passed'] else 'FAIL'
+                if r["kind"] == "classifier":
+                    state = "ACTIVE" if site and site["id"] == r["id"] else (
+                        "OLD" if r["passed"] else "REJECTED")
+                    m = r["values"].get("model", {})
+                    cv = r["values"].get("cross_validated", {})
+                    r = {**r, "reasons": [f"model {m.get('name')} {m.get('version')}, "
+                                          f"{r['values'].get('n_captures')} captures, 5-part MAE "
+                                          f"{cv.get('without', {}).get('mae_5part')} -> "
+                                          f"{cv.get('with', {}).get('mae_5part')}", *r["reasons"]]}
+                print(f"{r['id']:40} {state:8}  by {r['user']:10} "
                       f"expires {r['expires'][:10]}  {'; '.join(r['reasons'])}")
             return 0
         if args.action == "show":
@@ -42,6 +53,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         return 0 if st.ok else 2
     from device import calibrate
 
+    if args.action == "classifier":
+        return _calibrate_classifier(args, calibrate)
     with open_instrument(args.profile, simulated=True if args.simulated else None) as instr:
         if instr.simulated and args.preset:
             instr.chamber.insert(args.preset, seed=args.seed)
@@ -65,6 +78,54 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"{rec['id']}: {'PASS' if rec['passed'] else 'FAIL'}"
               + "".join(f"\n  {r}" for r in rec["reasons"])
               + f"\n  {json.dumps(rec['values'])[:600]}")
+    return 0 if rec["passed"] else 2
+
+
+def _authenticate(user: str, pin_stdin: bool) -> str:
+    """The role of ``user`` after their PIN (asked on the terminal, or one line of stdin)."""
+    from device.errors import LoginError
+
+    pin = sys.stdin.readline().strip() if pin_stdin else getpass.getpass(f"PIN for {user}: ")
+    with ResultsDB(database_path()) as db:
+        try:
+            return db.login(user, pin, via="cli")
+        except LoginError as exc:
+            raise PermissionError(str(exc)) from None
+
+
+def _calibrate_classifier(args: argparse.Namespace, calibrate) -> int:
+    """``holodiff calibrate classifier``: a site calibration from a method comparison."""
+    from device.models import ModelSlots
+    from holography.errors import HoloDiffError
+
+    try:
+        role = _authenticate(args.user, args.pin_stdin)
+        if args.model:
+            model = args.model
+        else:
+            act = ModelSlots().active()
+            if act.warning:
+                log.warning("%s", act.warning)
+            model = str(act.path)
+        rec = calibrate.calibrate_classifier(args.reference, user=args.user, role=role,
+                                             model=model, progress=lambda m: log.info("%s", m))
+    except (HoloDiffError, PermissionError, OSError) as exc:
+        print(f"holodiff: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rec))
+        return 0 if rec["passed"] else 2
+    cv = rec["values"]["cross_validated"]
+    print(f"{rec['id']}: {'ACTIVE' if rec['passed'] else 'REJECTED'} for model "
+          f"{rec['values']['model']['name']} {rec['values']['model']['version']}, "
+          f"{rec['values']['n_captures']} captures")
+    print(f"  cross-validated 5-part mean absolute error {cv['without']['mae_5part']:.2f} -> "
+          f"{cv['with']['mae_5part']:.2f} points; 3-part {cv['without']['mae_3part']:.2f} -> "
+          f"{cv['with']['mae_3part']:.2f}")
+    for c, v in cv["with"]["per_class"].items():
+        print(f"    {c:<11} {cv['without']['per_class'][c]:5.2f} -> {v:5.2f}")
+    for r in rec["reasons"]:
+        print(f"  {r}")
     return 0 if rec["passed"] else 2
 
 
@@ -107,6 +168,15 @@ def add_parsers(sub) -> None:
         p.add_argument("--json", action="store_true")
         if name == "beads":
             p.add_argument("--diameter", type=float, required=True, help="nominal bead diameter, um")
+    k = cs.add_parser("classifier", help="site calibration of the classifier from a method "
+                                         "comparison against the reference analyzer (engineer "
+                                         "or service)")
+    k.add_argument("--reference", required=True, help="CSV: capture,neutrophil,lymphocyte,"
+                   "monocyte,eosinophil,basophil[,wbc_per_uL,mdw_sd_fl] (INTERFACES.md section 7)")
+    k.add_argument("--user", required=True, help="engineer or service operator (audited)")
+    k.add_argument("--pin-stdin", action="store_true", help="read the PIN as one line of stdin")
+    k.add_argument("--model", help="model to calibrate (default: the active model slot)")
+    k.add_argument("--json", action="store_true")
     li = cs.add_parser("list", help="every calibration record")
     li.add_argument("--json", action="store_true")
     sh = cs.add_parser("show", help="one record")
