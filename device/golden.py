@@ -70,7 +70,7 @@ def golden_capture(recipe: dict[str, Any], cache: Path) -> Path:
     if (dest / "capture.json").exists():
         return dest
     cache.mkdir(parents=True, exist_ok=True)
-    spec = crowded_spec(np.random.default_rng(recipe["seed"]))
+    spec = crowded_spec(np.random.default_rng(recipe["seed"]), "legacy")
     tmp = cache / f".{dest.name}.building"
     shutil.rmtree(tmp, ignore_errors=True)
     simulate_capture(tmp, preset="random", seed=recipe["seed"], spec=spec,

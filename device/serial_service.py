@@ -273,6 +273,7 @@ class ScpiService:
         t.add("CALibration:LIST?", self._cal_list)
         t.add("CALibration:RECord?", self._cal_record)
         t.add("CALibration:STATus?", self._cal_status)
+        t.add("CALibration:CLASsifier?", self._cal_classifier)
 
         # models
         t.add("MODel:LIST?", self._model_list)
@@ -513,6 +514,26 @@ class ScpiService:
         st = CalibrationStore(self.root).status(window=(sp.width, sp.height),
                                                 simulated=self.instr.simulated)
         return f"{int(st.ok)},{quote(st.calibration_id)},{quote(st.message)}"
+
+    def _cal_classifier(self, p, s) -> str:
+        """The active site calibration: ``"id",captures,"model",applies`` or ``"none",0,"",0``.
+
+        ``applies`` is 1 when it was fitted for the model in use (else results carry
+        SITE_CALIBRATION_STALE).
+        """
+        from calibration.store import CalibrationStore
+        from device.models import ModelSlots
+        from inference.classify import Classifier
+
+        self._n(p, 0)
+        rec = CalibrationStore(self.root).classifier()
+        if rec is None:
+            return '"none",0,"",0'
+        m = rec["values"].get("model", {})
+        sha = Classifier(ModelSlots(self.root).active().path).info.sha256
+        name = f"{m.get('name')} {m.get('version')}"
+        return (f"{quote(rec['id'])},{int(rec['values'].get('n_captures', 0))},{quote(name)},"
+                f"{int(m.get('sha256') == sha)}")
 
     def _model_list(self, p, s) -> str:
         from device.models import ModelSlots

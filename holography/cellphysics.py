@@ -210,7 +210,8 @@ def granule_layout(cp: ClassPhysics, r_cell: float, rng: np.random.Generator) ->
     are drawn larger at the same volume fraction.
     """
     vf = cp.granule_vf * float(rng.uniform(0.7, 1.3))
-    v_cyto = 4.0 / 3.0 * math.pi * r_cell**3 * (1.0 - cp.nucleus_vf) * cp.aspect
+    # flattening keeps the volume: r_cell is the volume-equivalent radius
+    v_cyto = 4.0 / 3.0 * math.pi * r_cell**3 * (1.0 - cp.nucleus_vf)
     r = cp.granule_r_um
     n = vf * v_cyto / (4.0 / 3.0 * math.pi * r**3)
     if n > MAX_GRANULES:

@@ -124,8 +124,20 @@ class Classifier:
         """
         return "retrieval" in str(self.card.get("input", {}).get("crops", ""))
 
+    @property
+    def score_calibration(self) -> tuple[float, np.ndarray] | None:
+        """The card's temperature and class biases of the scores (:func:`fit_score_calibration`)."""
+        sc = self.card.get("score_calibration")
+        if not sc:
+            return None
+        return float(sc["temperature"]), np.array(sc["bias"], np.float64)
+
     def __call__(self, crops: np.ndarray, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
-        """Class probabilities (N, K) and volumes in fL (N,) of a crop stack."""
+        """Class probabilities (N, K) and volumes in fL (N,) of a crop stack.
+
+        Where the card carries a score calibration (temperature and class biases
+        fitted on validation crops), the probabilities are calibrated by it.
+        """
         if crops.ndim == 4 and crops.shape[-1] > self.size and crops.shape[-1] == crops.shape[-2]:
             a = (crops.shape[-1] - self.size) // 2  # the model sees the crop's centre
             crops = crops[..., a:a + self.size, a:a + self.size]
@@ -139,6 +151,9 @@ class Classifier:
                                                                           np.float32)})
             probs[i:i + batch] = p
             vol[i:i + batch] = v
+        sc = self.score_calibration
+        if sc is not None:
+            probs = calibrate_scores(probs, *sc)
         return probs, vol
 
     def classify_candidates(self, candidates: list, crops: np.ndarray) -> tuple[np.ndarray,
@@ -158,3 +173,39 @@ class Classifier:
             sel = crops[:len(keep)] if keep[-1] == len(keep) - 1 else crops[keep]
             probs[keep], vols[keep] = self(sel)
         return probs, vols
+
+
+def calibrate_scores(probs: np.ndarray, temperature: float, bias: np.ndarray) -> np.ndarray:
+    """``softmax(log p / T + b)``: bias-corrected temperature scaling of class probabilities."""
+    z = np.log(np.clip(np.asarray(probs, np.float64), 1e-7, None)) / temperature + bias
+    z -= z.max(axis=1, keepdims=True)
+    q = np.exp(z)
+    return (q / q.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def fit_score_calibration(probs: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """Temperature and class biases that make the probabilities calibrated on labelled crops.
+
+    Bias-corrected temperature scaling (Alexandari, Kundaje & Shrikumar, "Maximum
+    likelihood with bias-corrected calibration is hard-to-beat at label shift
+    adaptation", ICML 2020): the prior-shift EM of the analysis assumes
+    calibrated posteriors, which a network trained with a cross-entropy rarely
+    gives. Fitted by maximum likelihood on validation crops (training conditions,
+    captures the network did not see).
+    """
+    from scipy.optimize import minimize
+
+    z = np.log(np.clip(np.asarray(probs, np.float64), 1e-7, None))
+    y = np.asarray(labels, int)
+    k = z.shape[1]
+
+    def nll(theta):
+        t = np.exp(theta[0])
+        a = z / t + theta[1:]
+        a -= a.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(a).sum(axis=1))
+        return float(np.mean(lse - a[np.arange(len(y)), y]))
+
+    best = minimize(nll, np.zeros(k + 1), method="L-BFGS-B")
+    b = best.x[1:] - best.x[1:].mean()
+    return float(np.exp(best.x[0])), b

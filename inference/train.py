@@ -276,6 +276,18 @@ def main(argv: list[str] | None = None) -> int:
     export_onnx(net, fp32, n_ch, size)
     calib = centre(cal.get(kind, cal["crops"]), INPUT_SIZE).astype(np.float32)
     quantise(fp32, int8, calib)
+    # the scores' temperature and class biases, fitted on the calibration captures (training
+    # conditions, not trained on) with the INT8 model's own outputs
+    import onnxruntime as ort
+
+    from inference.classify import fit_score_calibration
+
+    sess = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    cal_probs = np.concatenate([sess.run(None, {"crops": calib[i:i + 512]})[0]
+                                for i in range(0, len(calib), 512)])
+    temp, bias = fit_score_calibration(cal_probs, cal["labels"])
+    log(f"score calibration on {len(calib)} calibration crops: temperature {temp:.3f}, biases "
+        + ", ".join(f"{b:+.2f}" for b in bias))
     card = {
         "name": args.name, "version": args.version, "classes": list(CLASSES),
         "other_class": CLASSES[OTHER],
@@ -284,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
                   "crops": "pixel super-resolution (several dies) and phase retrieval"
                   if args.enhanced_crops else "plain fields"},
         "outputs": {"probabilities": "softmax over classes", "volume_fl": "cell volume, fL"},
+        "score_calibration": {
+            "temperature": round(temp, 4), "bias": [round(float(b), 4) for b in bias],
+            "method": "bias-corrected temperature scaling (inference.classify."
+                      "fit_score_calibration), maximum likelihood on the calibration crops",
+            "crops": int(len(calib))},
         "data": ("Simulated only (holography.simulate): crowded 512x512 fields, white cells in "
                  "near-equal class proportions among platelets, red-cell ghosts, debris, lipid "
                  "and dust; optical conditions drawn from inference.dataset.SPLITS['train'] "

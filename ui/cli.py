@@ -83,8 +83,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     cfg = SimConfig(sensor=args.sensor, bayer=args.bayer or "sensor-default", size=size,
                     faults=tuple(args.fault or ()))
     t0 = time.perf_counter()
+    spec = None
+    if args.physics and args.physics != "legacy":
+        from dataclasses import replace
+
+        import numpy as np
+
+        from holography.sample import get_spec
+        from inference.evaluate import sample_physics
+
+        spec = replace(get_spec(args.preset, np.random.default_rng([args.seed, 78])),
+                       physics=sample_physics(args.seed, args.physics))
     cap = simulate_capture(args.out, preset=args.preset, seed=args.seed, config=cfg,
-                           n_dies=args.dies)
+                           n_dies=args.dies, spec=spec)
     log.info("simulated %s (%dx%d, %d frames) in %.1f s", cap.root, cap.sensor.width,
              cap.sensor.height, len(cap.frames), time.perf_counter() - t0)
     if args.json:
@@ -247,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dies", type=int, default=1, help="LED dies per colour (sub-pixel shifts)")
     s.add_argument("--fault", action="append", choices=FAULTS, help="inject a fault "
                                                                     "(repeatable)")
+    s.add_argument("--physics", default="legacy",
+                   help="the cells' physics: legacy (one guess per class), random (drawn over "
+                        "every family of holography.cellphysics.AXES) or AXIS=FAMILY,... (those "
+                        "families, the other axes at random)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_simulate)
 

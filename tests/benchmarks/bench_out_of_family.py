@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from inference.classify import calibrate_scores, fit_score_calibration  # noqa: E402
 from inference.dataset import CLASSES, build  # noqa: E402
 from inference.evaluate import fit_method_error  # noqa: E402
 from inference.families import (  # noqa: E402
@@ -83,19 +84,21 @@ def virtual_set(probs, vols, data, priors, seed: int, repeats: int, n_cells: int
 
 
 def method_from(caps: list[dict]) -> dict:
-    """A method error (as the model card keeps it) fitted on virtual captures."""
+    """A method error fitted on virtual captures, as :func:`inference.result.method_error` gives it.
+
+    ``{"5part": {class: RMS points}, "3part": {group: RMS points}}``.
+    """
     out = {}
     for part in ("5part", "3part"):
         rows = share_rows(caps, part)
         bias, sd = fit_method_error(np.array([r[0] for r in rows]), np.array([r[1] for r in rows]))
         names = caps[0][f"true_{part}"].keys()
-        out[part] = {k: {"bias": float(b), "sd": float(s), "rms": float(np.hypot(b, s))}
-                     for k, b, s in zip(names, bias, sd, strict=True)}
+        out[part] = {k: float(np.hypot(b, s)) for k, b, s in zip(names, bias, sd, strict=True)}
     return out
 
 
 def run_split(train: dict, test: dict, axis: str | None, name: str | None, *, epochs: int,
-              repeats: int, n_cells: int, log, norm: str = "batch") -> dict:
+              repeats: int, n_cells: int, log, norm: str = "batch", save: Path | None = None) -> dict:
     """Train without family ``axis=name`` (None: with every family) and score on it."""
     from inference.train import train as train_net
 
@@ -104,17 +107,41 @@ def run_split(train: dict, test: dict, axis: str | None, name: str | None, *, ep
     else:
         tr = ~family_mask(train["family"], axis, name)
         held = family_mask(test["family"], axis, name)
-    dtr, dte = _subset(train, tr), _subset(test, held)
+    # every seventh training capture is kept back: validation crops of the training families,
+    # on which the scores' temperature and biases are fitted (as holodiff train does)
+    val = tr & (train["capture"] % 7 == 3)
+    dtr, dval, dte = _subset(train, tr & ~val), _subset(train, val), _subset(test, held)
     t0 = time.perf_counter()
     net = train_net(dtr, epochs=epochs, seed=0, norm=norm, log=lambda m: None)
     t_train = time.perf_counter() - t0
-    probs, vols = _score_net(net, dte["crops"])
+    raw, vols = _score_net(net, dte["crops"])
+    temp, bias = fit_score_calibration(_score_net(net, dval["crops"])[0], dval["labels"])
+    probs = calibrate_scores(raw, temp, bias)
     priors = np.bincount(dtr["labels"], minlength=len(CLASSES)).astype(float)
+    if save is not None:
+        import torch
+
+        save.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), save / "net.pt")
+        (save / "net.json").write_text(json.dumps({
+            "norm": norm, "epochs": epochs, "temperature": temp, "bias": bias.tolist(),
+            "class_counts": priors.tolist(), "channels": int(dtr["crops"].shape[1]),
+            "val_captures": sorted({int(c) for c in dval["capture"]})}))
     method = method_from(virtual_set(probs, vols, dte, priors, 1, repeats, n_cells))
     caps = virtual_set(probs, vols, dte, priors, 2, repeats, n_cells, method=method)
     s = summary(caps)
     s["by_mix"] = {m: float(np.median([c["accuracy_5part"] for c in caps if c["mix"] == m]))
                    for m in MIXES}
+    # the per-sample adaptation (EM on the sample's class mix) off: the network's own argmax
+    # under its training priors, the same virtual captures otherwise
+    keys = ("median_5part", "median_3part", "balanced", "recall", "mdw_error_pct", "coverage_5part")
+    off = summary(virtual_set(probs, vols, dte, None, 2, repeats, n_cells, method=method))
+    s["adaptation_off"] = {k: off[k] for k in keys}
+    # the EM on uncalibrated scores (the network's raw probabilities)
+    unc = summary(virtual_set(raw, vols, dte, priors, 2, repeats, n_cells, method=method))
+    s["uncalibrated_scores"] = {k: unc[k] for k in keys}
+    s["score_calibration"] = {"temperature": round(temp, 3), "bias": np.round(bias, 3).tolist()}
+    s["method_error"] = {part: {k: round(v, 2) for k, v in d.items()} for part, d in method.items()}
     s.update(split="all families" if axis is None else f"{axis}={name}",
              train_crops=int(tr.sum()), test_crops=int(held.sum()),
              test_captures=int(len(np.unique(dte["capture"]))), train_seconds=round(t_train),
@@ -130,7 +157,9 @@ def run_split(train: dict, test: dict, axis: str | None, name: str | None, *, ep
         f"{s['coverage_5part']:.2f}/{s['coverage_3part']:.2f}; recall "
         + ", ".join(f"{k[:4]} {v:.2f}" for k, v in s["recall"].items())
         + f" ({s['train_crops']} training crops, {s['test_crops']} held-out, "
-          f"{t_train:.0f} s)")
+          f"{t_train:.0f} s); adaptation off: 5-part {off['median_5part']:.3f}, balanced "
+          f"{off['balanced']:.3f}; raw scores: 5-part {unc['median_5part']:.3f}, balanced "
+          f"{unc['balanced']:.3f} (T {temp:.2f})")
     return s
 
 
@@ -149,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--norm", choices=("batch", "group"), default="batch",
                     help="the network's normalisation (inference.train.make_net)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--save-all", help="folder to save the every-family network in (net.pt, "
+                                       "net.json)")
     args = ap.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -167,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     if not args.no_all:
         results.append(run_split(pools["train"], pools["test"], None, None, epochs=args.epochs,
-                                 repeats=args.repeats, n_cells=args.cells, log=log, norm=args.norm))
+                                 repeats=args.repeats, n_cells=args.cells, log=log, norm=args.norm,
+                                 save=Path(args.save_all) if args.save_all else None))
     for axis, name in splits:
         results.append(run_split(pools["train"], pools["test"], axis, name, epochs=args.epochs,
                                  repeats=args.repeats, n_cells=args.cells, log=log,

@@ -164,6 +164,26 @@ def test_test_run_and_result(svc):
     assert res["format"] == "holodiff-result/1" and res["cells_classified"] > 0
 
 
+def test_the_site_calibration_in_use_is_shown_and_applied(svc, tmp_path):
+    from calibration.procedures import CalResult
+    from calibration.store import CalibrationStore
+    from device.models import ModelSlots
+    from inference.classify import Classifier
+    from inference.sitecal import SiteMap
+
+    assert q(svc, b"CAL:CLAS?") == b'"none",0,"",0\n'
+    info = Classifier(ModelSlots(tmp_path).active().path).info
+    values = {"model": {"name": info.name, "version": info.version, "sha256": info.sha256},
+              "n_captures": 16, "map": SiteMap.identity(len(info.classes)).to_values()}
+    rec = CalibrationStore(tmp_path).save(CalResult(kind="classifier", values=values, passed=True),
+                                          user="eng1", profile="captures:imx477", window=(448, 448))
+    assert q(svc, b"CAL:CLAS?") == f'"{rec["id"]}",16,"{info.name} {info.version}",1\n'.encode()
+    q(svc, b"SYST:LOG 'eng1','2468';:SIM:SAMP 'healthy',4;:TEST:RUN 'S-9','P-1'")
+    res = json.loads(q(svc, b"TEST:RES?")[1:-2].replace(b'""', b'"'))
+    assert res["classifier_calibration"]["id"] == rec["id"]
+    assert "SITE_CALIBRATION_STALE" not in res["flags"]
+
+
 # -- framing --------------------------------------------------------------------------------------
 def test_reader_frames_lines_blocks_and_garbage():
     errors = []

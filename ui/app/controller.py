@@ -59,6 +59,8 @@ FLAG_ADVICE = {
                       "send a tube to the laboratory.",
     "CONFIRM_DIFF": "Some white-cell types (marked *) are under-counted by this analyzer: if they "
                     "matter for this patient, send a tube to the laboratory.",
+    "SITE_CALIBRATION_STALE": "This analyzer's site calibration was made for an older model and "
+                              "was not used. The result is valid; ask an engineer to recalibrate.",
 }
 SAMPLE_FORMAT = "S-<7 digits><check digit>, e.g. S-12345674"
 

@@ -447,8 +447,13 @@ class ResultScreen(QWidget):
         self.uid = uid
         self.res = res
         self.msg.setText("")
+        cc = res.get("classifier_calibration")
+        model = res.get("model", {})
         self.head.setText(f"Patient {test.patient_id or '-'}   sample {test.sample_id}   "
-                          f"{test.started[5:16].replace('T', ' ')}")
+                          f"{test.started[5:16].replace('T', ' ')}\n"
+                          f"model {model.get('name', '-')} {model.get('version', '')}, "
+                          + (f"site calibration {cc['id']} ({cc['captures']} samples)" if cc
+                             else "no site calibration"))
         wbc = res.get("wbc_per_uL")
         lo, hi = REFERENCE["wbc_per_uL"]
         flag = "" if wbc is None or lo <= wbc <= hi else (" LOW" if wbc < lo else " HIGH")
