@@ -56,21 +56,28 @@ CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
 
 #: the uncertain axes and their families (each family a disjoint part of the axis's range)
 AXES: dict[str, tuple[str, ...]] = {
-    "granules": ("sparse", "moderate", "dense"),
+    "granules": ("lower", "literature", "upper"),
     "index": ("low", "mid", "high"),
     "nucleus": ("denser", "lighter"),
     "shape": ("round", "flattened"),
     "absorption": ("flat", "blue"),
 }
 
-#: granule volume fraction of the cytoplasm, per family and class (low, high)
+#: granule volume fraction of the cytoplasm (the cell less its nucleus), per family and class.
+#: The one morphometric measurement found puts a neutrophil's granules at 15.4 % of the cell,
+#: about 20 % of its cytoplasm (Schmid-Schoenbein et al. 1980, table 2): ``literature`` is
+#: centred there, ``lower`` and ``upper`` span the rest of the plausible range. Eosinophil and
+#: basophil granules fill as much or more (large specific granules); monocytes hold few
+#: azurophil granules, lymphocytes almost none. (A first version also trained a ``sparse``
+#: family of 0.2-1.5 %, 60 times below the measurement: it only blurred the classes; see
+#: docs/validation/cell-model.md.)
 GRANULE_VF = {
-    "sparse": {"neutrophil": (0.002, 0.015), "lymphocyte": (0.0, 0.002),
-               "monocyte": (0.0005, 0.004), "eosinophil": (0.01, 0.04), "basophil": (0.01, 0.04)},
-    "moderate": {"neutrophil": (0.03, 0.10), "lymphocyte": (0.0, 0.008),
-                 "monocyte": (0.004, 0.02), "eosinophil": (0.06, 0.16), "basophil": (0.04, 0.12)},
-    "dense": {"neutrophil": (0.10, 0.28), "lymphocyte": (0.0, 0.015),
-              "monocyte": (0.02, 0.06), "eosinophil": (0.16, 0.35), "basophil": (0.12, 0.30)},
+    "lower": {"neutrophil": (0.08, 0.15), "lymphocyte": (0.0, 0.004),
+              "monocyte": (0.008, 0.025), "eosinophil": (0.12, 0.20), "basophil": (0.08, 0.16)},
+    "literature": {"neutrophil": (0.15, 0.23), "lymphocyte": (0.0, 0.008),
+                   "monocyte": (0.02, 0.04), "eosinophil": (0.20, 0.29), "basophil": (0.15, 0.24)},
+    "upper": {"neutrophil": (0.23, 0.30), "lymphocyte": (0.0, 0.012),
+              "monocyte": (0.035, 0.06), "eosinophil": (0.29, 0.38), "basophil": (0.22, 0.32)},
 }
 #: granule radius (um) range of a class's mean
 GRANULE_R_UM = {"neutrophil": (0.10, 0.25), "lymphocyte": (0.10, 0.25), "monocyte": (0.06, 0.15),
@@ -79,8 +86,10 @@ GRANULE_R_UM = {"neutrophil": (0.10, 0.25), "lymphocyte": (0.10, 0.25), "monocyt
 GRANULE_DN = {"neutrophil": (0.01, 0.06), "lymphocyte": (0.01, 0.05), "monocyte": (0.01, 0.05),
               "eosinophil": (0.04, 0.15), "basophil": (0.02, 0.10)}
 #: granule absorption index at 530 nm
+#: (eosinophil peroxidase is a heme protein; basophil granules carry no known visible pigment:
+#: their dark colour in smears is the stain's)
 GRANULE_KAPPA = {"neutrophil": (2e-5, 5e-4), "lymphocyte": (1e-5, 2e-4), "monocyte": (1e-5, 2e-4),
-                 "eosinophil": (2e-4, 2e-3), "basophil": (3e-4, 3e-3)}
+                 "eosinophil": (2e-4, 2e-3), "basophil": (2e-5, 5e-4)}
 #: cytoplasm refractive index above the medium (1.335), per family
 CYTOPLASM_DN = {"low": (0.020, 0.030), "mid": (0.030, 0.042), "high": (0.042, 0.058)}
 #: nucleus index above the cytoplasm, per family (lighter: Schuermann et al. 2016)
@@ -93,7 +102,9 @@ ASPECT = {"round": (0.90, 1.0), "flattened": (0.55, 0.85)}
 #: absorption spectral exponent: kappa(lambda) = kappa(530 nm) (530 / lambda) ** beta
 BETA = {"flat": (0.0, 1.0), "blue": (1.5, 4.0)}
 #: class mean diameter (um) range and its spread within a sample
-DIAMETER_UM = {"neutrophil": (7.9, 9.1), "lymphocyte": (6.3, 7.7), "monocyte": (8.8, 10.3),
+#: (monocytes the largest by microscopy and micropipette morphometry, but about a neutrophil's
+#: size by flow cytometry: both trained on)
+DIAMETER_UM = {"neutrophil": (7.9, 9.1), "lymphocyte": (6.0, 7.7), "monocyte": (8.3, 10.3),
                "eosinophil": (8.1, 9.3), "basophil": (7.5, 8.8)}
 DIAMETER_SD_UM = (0.35, 0.65)
 #: more granules than this are drawn larger instead (same volume fraction): rendering cost
@@ -191,7 +202,7 @@ def draw_physics(rng: np.random.Generator, families: dict[str, str] | None = Non
 
 
 def parse_families(text: str) -> dict[str, str]:
-    """``"granules=dense,index=high"`` -> ``{"granules": "dense", "index": "high"}`` (checked)."""
+    """``"granules=upper,index=high"`` -> ``{"granules": "upper", "index": "high"}`` (checked)."""
     out: dict[str, str] = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         axis, sep, name = item.partition("=")

@@ -342,12 +342,13 @@ class _Builder:
         if cls == "neutrophil":
             if rng.random() < spec.band_fraction:
                 n, arc, span, over = 6, 0.5, rng.uniform(2.6, 3.6), 1.45
-            else:
-                n, arc, span, over = int(rng.integers(3, 6)), 0.48, rng.uniform(2.2, 3.6), 1.08
+            else:  # 2-5 lobes, most often 3 (the Arneth count of normal blood)
+                n = int(rng.choice([2, 3, 4, 5], p=[0.2, 0.45, 0.3, 0.05]))
+                n, arc, span, over = n, 0.48, rng.uniform(2.2, 3.6), 1.08
         elif cls == "monocyte":
             n, arc, span, over = 7, 0.42, rng.uniform(2.4, 3.4), 1.45
-        elif cls == "eosinophil":
-            n, arc, span, over = 2, 0.45, rng.uniform(1.6, 2.4), 1.05
+        elif cls == "eosinophil":  # bilobed, sometimes three lobes
+            n, arc, span, over = 2 if rng.random() < 0.85 else 3, 0.45, rng.uniform(1.6, 2.4), 1.05
         elif cls == "basophil":
             n, arc, span, over = int(rng.integers(2, 4)), 0.4, rng.uniform(1.6, 2.6), 1.08
         else:

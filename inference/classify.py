@@ -206,6 +206,8 @@ def fit_score_calibration(probs: np.ndarray, labels: np.ndarray) -> tuple[float,
         lse = np.log(np.exp(a).sum(axis=1))
         return float(np.mean(lse - a[np.arange(len(y)), y]))
 
-    best = minimize(nll, np.zeros(k + 1), method="L-BFGS-B")
+    # the temperature is bounded to 0.25-4: a network that needs more is not one to calibrate
+    bounds = [(np.log(0.25), np.log(4.0))] + [(-5.0, 5.0)] * k
+    best = minimize(nll, np.zeros(k + 1), method="L-BFGS-B", bounds=bounds)
     b = best.x[1:] - best.x[1:].mean()
     return float(np.exp(best.x[0])), b

@@ -32,7 +32,7 @@ from holography.sample import PRESETS, WBC_CLASSES
 from inference.result import THREE_PART, call_cells, summarise
 
 #: the splits the benchmark runs by default: each holds one family of one axis out
-DEFAULT_SPLITS = (("granules", "dense"), ("granules", "sparse"), ("index", "high"),
+DEFAULT_SPLITS = (("granules", "upper"), ("granules", "lower"), ("index", "high"),
                   ("index", "low"), ("nucleus", "lighter"), ("shape", "flattened"),
                   ("absorption", "blue"))
 #: blood differentials of the virtual captures

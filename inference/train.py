@@ -30,6 +30,8 @@ from inference.dataset import CLASSES, OTHER, build, dies_of
 
 #: pixels of the crop's centre the network sees (24 um at 0.75 um per pixel)
 INPUT_SIZE = 32
+#: one training capture in this many is held back for calibration (when the set records captures)
+VALIDATION_EVERY = 7
 #: volume head target: (log(volume fL) - LOGVOL_MEAN) / LOGVOL_SD
 LOGVOL_MEAN = math.log(350.0)
 LOGVOL_SD = 0.35
@@ -225,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--name", default="wbc5")
     ap.add_argument("--version", default="1.0.0")
+    ap.add_argument("--from-net", help="folder with net.pt and net.json saved by "
+                    "tests/benchmarks/bench_out_of_family.py --save-all (the same recipe and "
+                    "seed on the same data): export and package those weights instead of "
+                    "training again")
     ap.add_argument("--enhanced-crops", action="store_true",
                     help="train on the per-cell crops made by pixel super-resolution and phase "
                          "retrieval instead of those cut from the plain fields (measured worse: "
@@ -251,13 +257,24 @@ def main(argv: list[str] | None = None) -> int:
         log(json.dumps(build(train_npz, split="train", captures=args.captures,
                              workers=args.workers, enhanced=args.enhanced_crops,
                              physics=args.physics, log=log)))
-    if not calib_npz.exists():
-        # calibration crops come from training-condition captures the training set did not use
-        log(json.dumps(build(calib_npz, split="train", captures=args.calibration_captures,
-                             start=args.captures + 10_000, workers=args.workers,
-                             enhanced=args.enhanced_crops, physics=args.physics, log=log)))
     data = _load(train_npz)
-    cal = _load(calib_npz)
+    if "capture" in data and not args.enhanced_crops:
+        # every seventh training capture is held back: the calibration crops of the INT8
+        # quantisation and of the scores (captures the network does not train on)
+        held = data["capture"] % VALIDATION_EVERY == VALIDATION_EVERY // 2
+        cal = {k: v[held] for k, v in data.items() if isinstance(v, np.ndarray) and v.ndim
+               and len(v) == len(held)}
+        data = {k: (v[~held] if isinstance(v, np.ndarray) and v.ndim and len(v) == len(held)
+                    else v) for k, v in data.items()}
+        log(f"held back {int(held.sum())} crops of {len(np.unique(cal['capture']))} captures "
+            "for calibration")
+    else:
+        if not calib_npz.exists():
+            # calibration crops come from training-condition captures the training set did not use
+            log(json.dumps(build(calib_npz, split="train", captures=args.calibration_captures,
+                                 start=args.captures + 10_000, workers=args.workers,
+                                 enhanced=args.enhanced_crops, physics=args.physics, log=log)))
+        cal = _load(calib_npz)
     for name, d in (("training", data), ("calibration", cal)):
         if args.enhanced_crops and not bool(d.get("enhanced", False)):
             log_file.close()
@@ -268,8 +285,26 @@ def main(argv: list[str] | None = None) -> int:
     log(f"crops: {'pixel super-resolution and phase retrieval' if args.enhanced_crops else 'plain fields'}")
     log(f"training on {len(data['labels'])} crops: "
         + ", ".join(f"{c} {int((data['labels'] == i).sum())}" for i, c in enumerate(CLASSES)))
-    net = train(data, epochs=args.epochs, seed=args.seed, width=args.width, norm=args.norm,
-                log=log)
+    if args.from_net:
+        torch = _torch()
+        meta = json.loads((Path(args.from_net) / "net.json").read_text())
+        if meta.get("epochs") != args.epochs or meta.get("norm") != args.norm:
+            log_file.close()
+            raise SystemExit(f"{args.from_net} holds a {meta.get('norm')}-norm network of "
+                             f"{meta.get('epochs')} epochs; give the same --epochs and --norm")
+        net = make_net(data["crops"].shape[1], len(CLASSES), args.width, args.norm)
+        net.load_state_dict(torch.load(Path(args.from_net) / "net.pt"))
+        net.eval()
+        counts = np.bincount(data["labels"], minlength=len(CLASSES)).tolist()
+        if [round(c) for c in meta["class_counts"]] != counts:
+            log_file.close()
+            raise SystemExit(f"{args.from_net} was trained on other crops (class counts "
+                             f"{meta['class_counts']}, this set {counts})")
+        log(f"weights from {args.from_net} (trained by the out-of-family benchmark: "
+            f"{args.epochs} epochs, seed 0, on these {len(data['labels'])} crops)")
+    else:
+        net = train(data, epochs=args.epochs, seed=args.seed, width=args.width, norm=args.norm,
+                    log=log)
     n_ch, size = data["crops"].shape[1], INPUT_SIZE
     fp32 = out / f"{args.name}.fp32.onnx"
     int8 = out / f"{args.name}.onnx"
@@ -321,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             "Crops need all three wavelength slots; a dark LED lowers accuracy (flagged "
             "DARK_FRAME).",
         ],
-        "training": {"captures": args.captures, "crops": int(len(data["labels"])),
+        "training": {"captures": (int(len(np.unique(data["capture"]))) if "capture" in data
+                                  else args.captures), "crops": int(len(data["labels"])),
                      "class_counts": {c: int((data["labels"] == i).sum())
                                       for i, c in enumerate(CLASSES)},
                      "four_die_captures": sum(dies_of(i, args.enhanced_crops) > 1

@@ -44,33 +44,45 @@ def _granule_vf(s, cls):
     return np.array(out)
 
 
+def _granule_cell_fraction(s, cls):
+    """Median granule volume over cell volume of the cells of ``cls``."""
+    out = []
+    for o in s.objects[s.objects["kind"] == KINDS.index(cls)]:
+        g = s.parts[o["gran0"]:o["gran0"] + o["ngran"]]
+        g = g[g["dn"] > 0]
+        out.append(float((g["r"] ** 3).sum()) / (o["a_um"] ** 2 * o["c_um"]))
+    return float(np.median(out))
+
+
 def test_families_are_drawn_fixed_or_excluded():
     rng = np.random.default_rng(0)
     seen = {a: set() for a in AXES}
     for _ in range(60):
-        p = draw_physics(rng, {"index": "high"}, exclude={"granules": ("dense",)})
+        p = draw_physics(rng, {"index": "high"}, exclude={"granules": ("upper",)})
         for a, f in p.families.items():
             seen[a].add(f)
     assert seen["index"] == {"high"}
-    assert seen["granules"] == {"sparse", "moderate"}
+    assert seen["granules"] == {"lower", "literature"}
     assert seen["shape"] == set(AXES["shape"])
     with pytest.raises(SimulationError, match="unknown physics axis"):
         draw_physics(rng, {"colour": "red"})
     with pytest.raises(SimulationError, match="every granules family is excluded"):
         draw_physics(rng, exclude={"granules": AXES["granules"]})
-    assert parse_families("granules=dense, shape=round") == {"granules": "dense", "shape": "round"}
+    assert parse_families("granules=upper, shape=round") == {"granules": "upper", "shape": "round"}
     with pytest.raises(SimulationError, match="bad physics family 'granules=huge'"):
         parse_families("granules=huge")
 
 
 def test_granules_fill_their_volume_fraction_and_stay_out_of_the_nucleus():
-    dense, sparse = _sample({"granules": "dense"}), _sample({"granules": "sparse"})
+    dense, sparse = _sample({"granules": "upper"}), _sample({"granules": "lower"})
     for cls in ("neutrophil", "eosinophil", "basophil"):
-        lo, hi = GRANULE_VF["dense"][cls]
+        lo, hi = GRANULE_VF["upper"][cls]
         vf = _granule_vf(dense, cls)
         # +-30 % cell to cell around a class value inside the family's range
         assert lo * 0.65 < np.median(vf) < hi * 1.35, cls
-        assert np.median(vf) > 3 * np.median(_granule_vf(sparse, cls)), cls
+        assert np.median(vf) > 1.3 * np.median(_granule_vf(sparse, cls)), cls
+        # granulocytes hold many more granules than monocytes and lymphocytes
+        assert _granule_cell_fraction(sparse, cls) > 1.5 * _granule_cell_fraction(dense, "monocyte")
     neu = dense.objects[dense.objects["kind"] == KINDS.index("neutrophil")]
     assert (neu["ngran"] <= MAX_GRANULES + 1).all() and neu["ngran"].max() > 100
     o = neu[0]
@@ -132,8 +144,8 @@ def test_crosstalk_spreads_but_keeps_the_signal():
 
 def test_training_samples_carry_their_families():
     rng = np.random.default_rng(5)
-    specs = [crowded_spec(rng, {"granules": ("dense",)}) for _ in range(20)]
+    specs = [crowded_spec(rng, {"granules": ("upper",)}) for _ in range(20)]
     codes = np.array([family_codes(s) for s in specs])
     g = list(AXES).index("granules")
-    assert (codes[:, g] != AXES["granules"].index("dense")).all() and (codes >= 0).all()
+    assert (codes[:, g] != AXES["granules"].index("upper")).all() and (codes >= 0).all()
     assert (family_codes(crowded_spec(rng, "legacy")) == -1).all()

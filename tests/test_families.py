@@ -25,7 +25,7 @@ def _crops(rng, n_per=300, confuse=0.0):
 
 def test_family_mask_selects_the_held_out_family():
     fam = np.array([[0, 1, 0, 0, 0], [2, 1, 0, 1, 0], [2, 0, 1, 1, 1]], np.int8)
-    assert family_mask(fam, "granules", "dense").tolist() == [False, True, True]
+    assert family_mask(fam, "granules", "upper").tolist() == [False, True, True]
     assert family_mask(fam, "shape", "flattened").tolist() == [False, True, True]
     with pytest.raises(ValueError):
         family_mask(fam, "granules", "huge")

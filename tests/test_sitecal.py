@@ -98,3 +98,37 @@ def test_a_good_reference_file_resolves_captures_beside_it(tmp_path):
     rows = read_reference(_csv(tmp_path, GOOD[:7] + ["/abs/c8,81.0,9.5,7.9,1.1,0.5"]))
     assert rows[0].capture == tmp_path / "c00" and str(rows[-1].capture) == "/abs/c8"
     assert rows[-1].differential["neutrophil"] == 81.0 and rows[0].wbc_per_uL is None
+
+
+def test_score_calibration_learns_a_temperature_and_is_applied_by_the_classifier(tmp_path):
+    import json
+    import shutil
+
+    from inference.classify import ONNX_MODEL, Classifier, calibrate_scores, fit_score_calibration
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 6, 4000)
+    logit = rng.normal(0, 1, (4000, 6))
+    logit[np.arange(4000), y] += 2.0
+    soft = np.exp(logit) / np.exp(logit).sum(1, keepdims=True)
+    sharp = np.exp(3 * logit) / np.exp(3 * logit).sum(1, keepdims=True)  # over-confident
+    t1, _ = fit_score_calibration(soft, y)
+    t3, b3 = fit_score_calibration(sharp, y)
+    assert t3 == pytest.approx(3 * t1, rel=0.05) and abs(b3.sum()) < 1e-6
+    fixed = calibrate_scores(sharp, t3, b3)
+    nll = lambda p: -np.mean(np.log(p[np.arange(len(y)), y]))  # noqa: E731
+    assert nll(fixed) < nll(sharp)
+    # a card with a score calibration: the classifier's probabilities are calibrated by it
+    for f in (ONNX_MODEL, ONNX_MODEL.with_name("wbc5.card.json")):
+        shutil.copy(f, tmp_path / f.name)
+    card = json.loads((tmp_path / "wbc5.card.json").read_text())
+    card.pop("score_calibration", None)
+    (tmp_path / "wbc5.card.json").write_text(json.dumps(card))
+    plain = Classifier(tmp_path / "wbc5.onnx")
+    crops = rng.normal(0, 0.05, (8, plain.channels, plain.size, plain.size)).astype(np.float32)
+    p0, v0 = plain(crops)
+    card["score_calibration"] = {"temperature": 2.0, "bias": [0.5, 0, 0, 0, 0, -0.5]}
+    (tmp_path / "wbc5.card.json").write_text(json.dumps(card))
+    p1, v1 = Classifier(tmp_path / "wbc5.onnx")(crops)
+    assert np.allclose(p1, calibrate_scores(p0, 2.0, np.array([0.5, 0, 0, 0, 0, -0.5])), atol=1e-5)
+    assert np.array_equal(v0, v1)

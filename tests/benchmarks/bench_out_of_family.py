@@ -1,7 +1,7 @@
 """Out-of-family accuracy: train without one physics family, score on it; report the worst split.
 
     python tests/benchmarks/bench_out_of_family.py --work /tmp/oof [--train-captures 150]
-        [--test-captures 48] [--epochs 20] [--split granules=dense ...] [--json]
+        [--test-captures 48] [--epochs 20] [--split granules=upper ...] [--json]
 
 Makes (or reuses) two crop pools with :func:`inference.dataset.build`: crowded
 training captures under training optics and crowded test captures under test

@@ -26,7 +26,7 @@ from holography.simulate import SimConfig, simulate_capture
 
 EXE = shutil.which("holodiff") or str(Path(sys.executable).parent / "holodiff")
 #: the physics the comparison is made in: one the shipped model reads wrongly
-SHIFT = {"granules": "dense", "index": "high", "nucleus": "lighter"}
+SHIFT = {"granules": "upper", "index": "high", "nucleus": "lighter"}
 N_CAL, N_TEST = 16, 4
 HEADER = "capture," + ",".join(WBC_CLASSES)
 
