@@ -389,6 +389,12 @@ def _report(a: dict[str, Any]) -> dict[str, Any]:
         "captures": len(a["captures"]),
         "per_capture": _per_capture(a["names"], a["captures"], same),
         "per_class": per_class,
+        # mean recall of the classes present: pooled accuracy can be bought by calling every
+        # doubtful cell a neutrophil, this cannot
+        "balanced_accuracy": (round(float(np.mean([v["recall"] for v in per_class.values()
+                                                   if v["recall"] is not None])), 4)
+                              if any(v["recall"] is not None for v in per_class.values())
+                              else None),
         "confusion_5part": {"rows_truth": list(WBC_CLASSES),
                             "columns_call": [*WBC_CLASSES, "unclassified"],
                             "matrix": cm.tolist()},
@@ -426,7 +432,8 @@ def format_report(rep: dict[str, Any]) -> str:
                      f"({d['missed']} missed, {d['false_positives']} false)")
         lines.append(f"  accuracy 5-part {r['accuracy_5part']} (95 % over captures "
                      f"{r['accuracy_5part_ci95']}), 3-part {r['accuracy_3part']} "
-                     f"({r['accuracy_3part_ci95']}); {r['captures']} captures")
+                     f"({r['accuracy_3part_ci95']}); balanced {r.get('balanced_accuracy')}; "
+                     f"{r['captures']} captures")
         pc = r.get("per_capture")
         if pc:
             lines.append(f"  per capture (median capture 5-part {pc['median_5part']}, 3-part "

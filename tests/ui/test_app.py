@@ -241,7 +241,8 @@ def test_service_installs_a_model_from_the_touchscreen(app, qtbot, tmp_path, mon
     shipped = read_bundle(DEFAULT_MODEL)
     (app.ctl.root / "incoming").mkdir()
     build_bundle(app.ctl.root / "incoming" / "wbc5-1.0.1.hdmodel", model=shipped.files["model.onnx"],
-                 card=shipped.card(), golden=shipped.golden(), version="1.0.1", counter=2,
+                 card=shipped.card(), golden=shipped.golden(), version="1.0.1",
+                 counter=shipped.counter + 1,
                  min_software="0.1.0", private_key_path=tmp_path / "svc.key")
     login(app, qtbot, "nurse1", "1234")
     assert not app.home.service.isVisible()  # nurses have no service screen
