@@ -146,7 +146,14 @@ def calibrate_classifier(reference: str | Path, *, user: str, role: str, model: 
     from inference.analyze import score_capture
     from inference.classify import Classifier
     from inference.result import call_cells, summarise
-    from inference.sitecal import FORMAT, SiteCalibrationError, cross_validate, fit, read_reference
+    from inference.sitecal import (
+        FORMAT,
+        SiteCalibrationError,
+        choose_ridge,
+        cross_validate,
+        fit,
+        read_reference,
+    )
 
     root = root or home()
     say = progress or (lambda m: None)
@@ -193,7 +200,10 @@ def calibrate_classifier(reference: str | Path, *, user: str, role: str, model: 
                         clf.classes, clf.train_priors)
     say("fitting on every capture")
     r5 = np.array([[d[c] / 100.0 for c in WBC_CLASSES] for d in refs])
-    smap, stats = fit(probs, r5, clf.classes, clf.train_priors)
+    ridge = choose_ridge(probs, refs, lambda i, p: result_of(i, p)["differential_5part"],
+                         clf.classes, clf.train_priors)
+    smap, stats = fit(probs, r5, clf.classes, clf.train_priors, ridge=ridge)
+    stats["ridge"] = ridge
     # WBC/uL and MDW against the references that carry them, without and with the map
     extra: dict[str, Any] = {}
     for key, ref_key, get in (("wbc_per_uL", "wbc_per_uL", lambda res: res["wbc_per_uL"]),
@@ -219,7 +229,8 @@ def calibrate_classifier(reference: str | Path, *, user: str, role: str, model: 
         "reference": str(Path(reference).resolve()),
         "captures": [str(r.capture) for r in rows], "n_captures": len(rows),
         "map": smap.to_values(), "fit": stats,
-        "cross_validated": {"folds": cv["folds"], "without": cv["without"], "with": cv["with"]},
+        "cross_validated": {"folds": cv["folds"], "without": cv["without"], "with": cv["with"],
+                            "ridges": cv["ridges"]},
         "per_capture": cv["per_capture"], **extra,
     }
     res = CalResult(kind="classifier", values=values, passed=improved)

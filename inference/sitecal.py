@@ -286,25 +286,34 @@ def summarise_errors(rows: list[dict[str, float]]) -> dict[str, Any]:
 
 def cross_validate(captures: list[np.ndarray], refs: list[dict[str, float]], report,
                    classes: tuple[str, ...], train_priors: np.ndarray | None, *,
-                   folds: int = 5) -> dict[str, Any]:
+                   folds: int = 5, ridge: float | None = None) -> dict[str, Any]:
     """Cross-validated 5-part and 3-part errors without and with the calibration.
 
     ``report(i, probs) -> dict`` gives the analysis's reported 5-part (percent) of
     capture ``i`` with candidate probabilities ``probs`` (the hard calls of
     :func:`inference.result.call_cells`);
     ``refs`` are the reference 5-parts in percent. Folds are by capture
-    (every capture scored by a fit that did not see it).
+    (every capture scored by a fit that did not see it). ``ridge`` None: each
+    fold chooses its ridge from :data:`RIDGES` by a cross-validation of its own
+    training captures (nested, so the reported error is not the selection's).
     """
     m = len(captures)
     folds = max(2, min(folds, m))
     order = np.arange(m)
     without, with_ = [], []
     per_capture = []
+    chosen = []
     r = np.array([[ref[c] / 100.0 for c in WBC_CLASSES] for ref in refs])
     for f in range(folds):
         test = order[f::folds]
         train = np.setdiff1d(order, test)
-        smap, _ = fit([captures[i] for i in train], r[train], classes, train_priors)
+        lam = ridge
+        if lam is None:
+            lam = choose_ridge([captures[i] for i in train], [refs[i] for i in train],
+                               lambda j, p, train=train: report(int(train[j]), p), classes,
+                               train_priors)
+        chosen.append(lam)
+        smap, _ = fit([captures[i] for i in train], r[train], classes, train_priors, ridge=lam)
         for i in test:
             a = report(int(i), captures[i])
             b = report(int(i), smap.apply(captures[i]))
@@ -313,4 +322,16 @@ def cross_validate(captures: list[np.ndarray], refs: list[dict[str, float]], rep
             per_capture.append({"index": int(i), "without": a, "with": b})
     per_capture.sort(key=lambda d: d["index"])
     return {"folds": folds, "without": summarise_errors(without), "with": summarise_errors(with_),
-            "per_capture": per_capture}
+            "ridges": chosen, "per_capture": per_capture}
+
+
+#: ridges a fit chooses from (by cross-validation on its own captures)
+RIDGES = (0.003, 0.01, 0.03)
+
+
+def choose_ridge(captures: list[np.ndarray], refs: list[dict[str, float]], report,
+                 classes: tuple[str, ...], train_priors: np.ndarray | None) -> float:
+    """The ridge of :data:`RIDGES` with the lowest cross-validated 5-part error on these captures."""
+    scores = [cross_validate(captures, refs, report, classes, train_priors, folds=4,
+                             ridge=lam)["with"]["mae_5part"] for lam in RIDGES]
+    return RIDGES[int(np.argmin(scores))]

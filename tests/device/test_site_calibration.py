@@ -1,8 +1,9 @@
 """``holodiff calibrate classifier`` end to end: a method comparison on a shifted physics family.
 
-Twenty small simulated captures are made under a cell physics the shipped model
-was not trained on (:data:`SHIFT`: the legacy one-guess-per-class cells, whose
-granules are a sprinkle, which the model reads badly); sixteen are the site's method comparison
+Twenty small simulated captures are made with one site's cells (:data:`SITE`: one
+draw of the cell physics, the one of held-out test capture 6, a septic sample
+whose neutrophils the shipped model reads as eosinophils); sixteen are the
+site's method comparison
 (the reference 5-part is the simulator's truth in the frame: a perfect
 reference analyzer), the others are patient samples scored with and without
 the calibration it fits.
@@ -21,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from holography.cellphysics import draw_physics
 from holography.sample import WBC_CLASSES, get_spec
 from holography.simulate import SimConfig, simulate_capture
+from inference.dataset import SEED_BASE
+from inference.evaluate import sample_physics
 
 EXE = shutil.which("holodiff") or str(Path(sys.executable).parent / "holodiff")
-#: the physics the comparison is made in (None: the legacy cell model, outside every family the
-#: shipped model trained on)
-SHIFT = None
+#: the site's cells: the physics of ``holodiff evaluate --physics random``'s capture 6
+SITE = sample_physics(SEED_BASE["test"] + 100_000 + 6, "random")
 N_CAL, N_TEST = 16, 4
 HEADER = "capture," + ",".join(WBC_CLASSES)
 
@@ -53,8 +54,7 @@ def site(tmp_path_factory):
     mixes = ["healthy", "eosinophilia", "septic", "lymphocytosis"]
     for i in range(N_CAL + N_TEST):
         rng = np.random.default_rng(700 + i)
-        spec = replace(get_spec(mixes[i % 4], rng), wbc_per_uL=25000.0,
-                       physics=None if SHIFT is None else draw_physics(rng, SHIFT),
+        spec = replace(get_spec(mixes[i % 4], rng), wbc_per_uL=25000.0, physics=SITE,
                        clump_fraction=0.0)
         d = tmp / f"cap{i:02d}"
         simulate_capture(d, preset=mixes[i % 4], seed=700 + i, spec=spec,
