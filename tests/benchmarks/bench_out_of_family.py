@@ -15,8 +15,12 @@ summary rules on virtual captures of five blood differentials
 family: on a first set of virtual captures of the held-out family (a method
 comparison), then the coverage is measured on a second, fresh set. A model
 trained on every family, scored on every test crop, gives the in-family figure
-beside them. Needs the ``train`` extra. Run on demand, not in CI (about an
-hour on a 2-core machine with the defaults).
+beside them. Each split also reports the per-sample adaptation (the sample-mix
+EM) off, and the EM on the network's raw scores instead of the score-calibrated
+ones (temperature and class biases fitted on every seventh training capture,
+held back). ``--save-all DIR`` keeps the every-family network for ``holodiff
+train --from-net``. Needs the ``train`` extra. Run on demand, not in CI (about
+an hour and a half on a 2-core machine with the defaults).
 """
 
 from __future__ import annotations
