@@ -138,11 +138,14 @@ class CalibrationStore:
         """The active site calibration of the classifier: the newest accepted ``classifier`` record.
 
         A rejected one (it did not lower the cross-validated error) is kept but never
-        active; whether the record fits the model in use is the analysis's check
-        (:func:`inference.analyze.site_calibration_for`).
+        active; a ``cleared`` record (``holodiff calibrate classifier --clear``) withdraws
+        the site calibration until the next one; whether the record fits the model in
+        use is the analysis's check (:func:`inference.analyze.site_calibration_for`).
         """
         accepted = [r for r in self.records() if r["kind"] == "classifier" and r["passed"]]
-        return accepted[-1] if accepted else None
+        if not accepted or accepted[-1].get("values", {}).get("cleared"):
+            return None  # never calibrated, or the site calibration was withdrawn
+        return accepted[-1]
 
     def status(self, *, window: tuple[int, int], simulated: bool,
                now: datetime | None = None) -> CalStatus:

@@ -126,6 +126,33 @@ def calibrate_beads(instr: Instrument, *, user: str, diameter_um: float, root: P
 SITE_CALIBRATION_ROLES = ("engineer", "service")
 
 
+def clear_classifier_calibration(*, user: str, role: str, root: Path | None = None,
+                                 reason: str = "") -> dict[str, Any]:
+    """Withdraw the site calibration: analyses run on the model alone until the next one.
+
+    Stored as an accepted ``classifier`` record marked ``cleared`` (records are never
+    deleted), and audited.
+    """
+    from calibration.procedures import CalResult
+
+    root = root or home()
+    if role not in SITE_CALIBRATION_ROLES:
+        with ResultsDB(database_path(root)) as db:
+            db.audit(user=user, action="calibration.classifier.refused", entity="calibration:classifier",
+                     reason=f"role {role}")
+        raise PermissionError(f"operator {user} ({role}) may not change the site calibration; an "
+                              "engineer or service operator must")
+    store = CalibrationStore(root)
+    old = store.classifier()
+    res = CalResult(kind="classifier", passed=True, values={
+        "cleared": True, "replaces": old["id"] if old else None, "reason": reason})
+    rec = store.save(res, user=user, profile="site-calibration", window=(0, 0))
+    with ResultsDB(database_path(root)) as db:
+        db.audit(user=user, action="calibration.classifier.cleared", entity=f"calibration:{rec['id']}",
+                 old=old["id"] if old else None, new="cleared", reason=reason or None)
+    return rec
+
+
 def calibrate_classifier(reference: str | Path, *, user: str, role: str, model: str | Path,
                          root: Path | None = None,
                          progress: Callable[[str], None] | None = None) -> dict[str, Any]:

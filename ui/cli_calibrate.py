@@ -27,7 +27,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             site = store.classifier()
             for r in [] if args.json else recs:
                 state = 'PASS' if r['passed'] else 'FAIL'
-                if r["kind"] == "classifier":
+                if r["kind"] == "classifier" and r["values"].get("cleared"):
+                    state = "CLEARED"
+                    r = {**r, "reasons": [f"withdrew {r['values'].get('replaces')}"]}
+                elif r["kind"] == "classifier":
                     state = "ACTIVE" if site and site["id"] == r["id"] else (
                         "OLD" if r["passed"] else "REJECTED")
                     m = r["values"].get("model", {})
@@ -100,6 +103,16 @@ def _calibrate_classifier(args: argparse.Namespace, calibrate) -> int:
 
     try:
         role = _authenticate(args.user, args.pin_stdin)
+        if args.clear:
+            rec = calibrate.clear_classifier_calibration(user=args.user, role=role,
+                                                         reason=args.reason or "")
+            print(json.dumps(rec) if args.json else
+                  f"{rec['id']}: site calibration withdrawn"
+                  + (f" ({rec['values']['replaces']})" if rec["values"]["replaces"] else "")
+                  + "; analyses use the model alone until the next calibration")
+            return 0
+        if not args.reference:
+            raise OSError("give --reference FILE.csv (or --clear to withdraw the site calibration)")
         if args.model:
             model = args.model
         else:
@@ -171,7 +184,10 @@ def add_parsers(sub) -> None:
     k = cs.add_parser("classifier", help="site calibration of the classifier from a method "
                                          "comparison against the reference analyzer (engineer "
                                          "or service)")
-    k.add_argument("--reference", required=True, help="CSV: capture,neutrophil,lymphocyte,"
+    k.add_argument("--clear", action="store_true", help="withdraw the active site calibration "
+                   "(audited); analyses then use the model alone")
+    k.add_argument("--reason", help="why (with --clear; audited)")
+    k.add_argument("--reference", help="CSV: capture,neutrophil,lymphocyte,"
                    "monocyte,eosinophil,basophil[,wbc_per_uL,mdw_sd_fl] (INTERFACES.md section 7)")
     k.add_argument("--user", required=True, help="engineer or service operator (audited)")
     k.add_argument("--pin-stdin", action="store_true", help="read the PIN as one line of stdin")

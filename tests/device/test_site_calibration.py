@@ -137,6 +137,25 @@ def test_a_nurse_a_wrong_pin_or_a_bad_file_stores_nothing(site):
     assert "calibration.classifier.refused" in run("results", "audit", home=home).stdout
 
 
+def test_a_site_calibration_can_be_withdrawn(site, tmp_path):
+    tmp, home, caps, ref, r = site
+    rec = json.loads(r.stdout)
+    home2 = tmp_path / "home"
+    shutil.copytree(home, home2)
+    nurse = run("calibrate", "classifier", "--clear", "--user", "nurse1", "--pin-stdin",
+                home=home2, stdin="2468\n")
+    assert nurse.returncode == 2 and "may not change the site calibration" in nurse.stderr
+    out = run("calibrate", "classifier", "--clear", "--reason", "new reagent lot", "--user",
+              "eng1", "--pin-stdin", "--json", home=home2, stdin="2468\n")
+    assert out.returncode == 0, out.stderr
+    cleared = json.loads(out.stdout)
+    assert cleared["values"]["cleared"] and cleared["values"]["replaces"] == rec["id"]
+    res = json.loads(run("analyze", caps[-1], "--json", home=home2).stdout)
+    assert res["classifier_calibration"] is None and "SITE_CALIBRATION_STALE" not in res["flags"]
+    assert "CLEARED" in run("calibrate", "list", home=home2).stdout
+    assert "calibration.classifier.cleared" in run("results", "audit", home=home2).stdout
+
+
 def test_a_calibration_of_another_model_never_applies(site, tmp_path):
     tmp, home, caps, ref, r = site
     rec = json.loads(r.stdout)
