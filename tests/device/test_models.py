@@ -228,11 +228,18 @@ def test_rollback_counter_is_refused_unless_forced_with_a_reason(slots, keys, tm
 
 
 def test_model_that_misses_its_golden_results_is_refused(slots, keys, tmp_path, source):
-    # a validly signed bundle whose model (the FP32 twin) does not reproduce the golden results
-    fp32 = _make(keys, tmp_path, "fp32.hdmodel", counter=7,
-                 model=ONNX_MODEL.with_suffix(".fp32.onnx").read_bytes(), shipped_bundle=source)
+    # a validly signed bundle whose model does not reproduce its golden results: golden results
+    # made by another model (every call a different class, as a model that confuses them would)
+    import copy
+
+    golden = copy.deepcopy(source.golden())
+    classes = list(source.card()["classes"][:5])
+    for cap in golden["captures"]:
+        cap["calls"] = [[x, y, classes[(classes.index(c) + 1) % 5] if c in classes else c]
+                        for x, y, c in cap["calls"]]
+    other = _make(keys, tmp_path, "other.hdmodel", counter=7, golden=golden, shipped_bundle=source)
     with pytest.raises(GoldenMismatch, match="differ from its golden results"):
-        slots.install(fp32, user="svc1")
+        slots.install(other, user="svc1")
     _still_working(slots)
     assert not (slots.dir / "B" / "bundle.hdmodel").exists()  # nothing failing left in a slot
 
