@@ -7,9 +7,9 @@ import pytest
 
 from holography.sample import WBC_CLASSES
 from inference.dataset import CLASSES
+from inference.families import _Candidate
 from inference.result import call_cells
 from inference.sitecal import SiteCalibrationError, SiteMap, cross_validate, fit, read_reference
-from inference.families import _Candidate
 
 NEU, EOS = 0, 3
 
@@ -82,7 +82,8 @@ GOOD = [f"c{i:02d},58.2,30.1,7.3,3.6,0.8" for i in range(8)]
     (GOOD[:7] + ["c99,58.2,30.1,seven,3.6,0.8"], None, "line 9: monocyte 'seven' is not a number"),
     (GOOD[:7] + ["c99,68.2,30.1,7.3,3.6,0.8"], None, "line 9: the five percentages sum to 110"),
     (GOOD[:7] + ["c00,58.2,30.1,7.3,3.6,0.8"], None, "line 9: capture c00 is listed twice"),
-    ([g + ",7000," for g in GOOD[:7]] + ["c99,58.2,30.1,7.3,3.6,0.8,-5,"], "capture,neutrophil,lymphocyte,monocyte,"
+    ([g + ",7000," for g in GOOD[:7]] + ["c99,58.2,30.1,7.3,3.6,0.8,-5,"],
+     "capture,neutrophil,lymphocyte,monocyte,"
      "eosinophil,basophil,wbc_per_uL,mdw_sd_fl", "line 9: wbc_per_uL -5 must be positive"),
     (GOOD, "capture,neutrophil,lymphocyte,eosinophil,basophil", "line 1: missing column 'monocyte'"),
     (GOOD, "capture,neutrophil,lymphocyte,monocyte,eosinophil,basophil,bands",
