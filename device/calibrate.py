@@ -126,6 +126,16 @@ def calibrate_beads(instr: Instrument, *, user: str, diameter_um: float, root: P
 SITE_CALIBRATION_ROLES = ("engineer", "service")
 
 
+def _require_site_role(user: str, role: str, root: Path, doing: str) -> None:
+    """Refuse (audited) an operator whose role may not touch the site calibration."""
+    if role not in SITE_CALIBRATION_ROLES:
+        with ResultsDB(database_path(root)) as db:
+            db.audit(user=user, action="calibration.classifier.refused",
+                     entity="calibration:classifier", reason=f"role {role}")
+        raise PermissionError(f"operator {user} ({role}) may not {doing}; an engineer or "
+                              "service operator must")
+
+
 def clear_classifier_calibration(*, user: str, role: str, root: Path | None = None,
                                  reason: str = "") -> dict[str, Any]:
     """Withdraw the site calibration: analyses run on the model alone until the next one.
@@ -136,12 +146,7 @@ def clear_classifier_calibration(*, user: str, role: str, root: Path | None = No
     from calibration.procedures import CalResult
 
     root = root or home()
-    if role not in SITE_CALIBRATION_ROLES:
-        with ResultsDB(database_path(root)) as db:
-            db.audit(user=user, action="calibration.classifier.refused", entity="calibration:classifier",
-                     reason=f"role {role}")
-        raise PermissionError(f"operator {user} ({role}) may not change the site calibration; an "
-                              "engineer or service operator must")
+    _require_site_role(user, role, root, "change the site calibration")
     store = CalibrationStore(root)
     old = store.classifier()
     res = CalResult(kind="classifier", passed=True, values={
@@ -184,12 +189,7 @@ def calibrate_classifier(reference: str | Path, *, user: str, role: str, model: 
 
     root = root or home()
     say = progress or (lambda m: None)
-    if role not in SITE_CALIBRATION_ROLES:
-        with ResultsDB(database_path(root)) as db:
-            db.audit(user=user, action="calibration.classifier.refused", entity="calibration:classifier",
-                     reason=f"role {role}")
-        raise PermissionError(f"operator {user} ({role}) may not calibrate the classifier; an "
-                              "engineer or service operator must")
+    _require_site_role(user, role, root, "calibrate the classifier")
     rows = read_reference(reference)
     caps = []
     for r in rows:

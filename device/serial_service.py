@@ -521,16 +521,21 @@ class ScpiService:
         ``applies`` is 1 when it was fitted for the model in use (else results carry
         SITE_CALIBRATION_STALE).
         """
+        import hashlib
+
         from calibration.store import CalibrationStore
         from device.models import ModelSlots
-        from inference.classify import Classifier
+        from inference.bundle import read_bundle
 
         self._n(p, 0)
         rec = CalibrationStore(self.root).classifier()
         if rec is None:
             return '"none",0,"",0'
         m = rec["values"].get("model", {})
-        sha = Classifier(ModelSlots(self.root).active().path).info.sha256
+        # the model in use, as the analysis names it (sha256 of the bundle's model.onnx); no
+        # onnxruntime session is started for a query
+        onnx = read_bundle(ModelSlots(self.root).active().path).files["model.onnx"]
+        sha = hashlib.sha256(onnx).hexdigest()
         name = f"{m.get('name')} {m.get('version')}"
         return (f"{quote(rec['id'])},{int(rec['values'].get('n_captures', 0))},{quote(name)},"
                 f"{int(m.get('sha256') == sha)}")
